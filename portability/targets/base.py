@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import ClassVar, Mapping, Sequence, Union
 
 from portability.errors import CommandFailed
+from portability.session import OWNER_LABEL, SESSION_LABEL, TARGET_LABEL, current_owner
 
 #: A command is either an argv list (run with execvp, no shell) or a shell string (``sh -c``).
 Command = Union[str, Sequence[str]]
@@ -116,7 +117,12 @@ class Target(abc.ABC):
 
     @property
     def labels(self) -> dict[str, str]:
-        return {"io.portability.session": self.session, "io.portability.target": self.name}
+        """Labels for every resource the target creates: session, target and owning process."""
+        return {
+            SESSION_LABEL: self.session,
+            TARGET_LABEL: self.name,
+            OWNER_LABEL: current_owner(),
+        }
 
     @property
     @abc.abstractmethod
