@@ -115,6 +115,14 @@ class Target(abc.ABC):
         #: Relative ``copy:`` paths are resolved against this (the targets file's directory).
         self.base_dir = base_dir
 
+    @classmethod
+    def check_engine(cls, spec: Spec) -> str | None:
+        """Whether this kind's engine is usable for ``spec`` without starting anything.
+
+        None when it looks usable, else a one-line reason (shown by `portability targets list`).
+        """
+        return None
+
     @property
     def labels(self) -> dict[str, str]:
         """Labels for every resource the target creates: session, target and owning process."""

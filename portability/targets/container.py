@@ -115,6 +115,24 @@ class ContainerTarget(Target):
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @classmethod
+    def check_engine(cls, spec: ContainerSpec) -> str | None:
+        import docker
+
+        try:
+            client = _client(spec.engine_url, timeout=5)
+            try:
+                client.ping()
+                if spec.image:
+                    client.images.get(spec.image)
+            finally:
+                client.close()
+        except docker.errors.ImageNotFound:
+            return f"image {spec.image} is missing; {_missing_image_hint(spec.image)}"
+        except docker.errors.DockerException as exc:
+            return f"Docker Engine unreachable ({_first_line(exc)})"
+        return None
+
     @property
     def workdir(self) -> str:
         return self.spec.workdir or "/srv/portability"
@@ -124,14 +142,10 @@ class ContainerTarget(Target):
         return self._container_id
 
     def start(self) -> None:
-        import docker
         from docker import errors as derr
 
         try:
-            if self.spec.engine_url:
-                self._client = docker.DockerClient(base_url=self.spec.engine_url, timeout=120)
-            else:
-                self._client = docker.from_env(timeout=120)
+            self._client = _client(self.spec.engine_url, timeout=120)
             info = self._client.api.version()
         except derr.DockerException as exc:
             where = self.spec.engine_url or os.environ.get("DOCKER_HOST") or "the local socket"
@@ -350,6 +364,14 @@ class ContainerTarget(Target):
                     os.replace(extracted, local)
 
 
+def _client(engine_url: str | None, *, timeout: int):
+    import docker
+
+    if engine_url:
+        return docker.DockerClient(base_url=engine_url, timeout=timeout)
+    return docker.from_env(timeout=timeout)
+
+
 def _agent_tar() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -385,6 +407,32 @@ def _missing_image_hint(image: str) -> str:
         return f"build or pull {image} first"
     return missing_image_hint(image) or f"build or pull {image} first"
 
+
+
+
+def clean_stale(engine_urls=(None,)) -> list[str]:
+    """Remove containers left by sessions whose owning process is gone. Returns what was removed."""
+    import docker
+
+    from portability.session import SESSION_LABEL, TARGET_LABEL, labels_alive
+
+    removed = []
+    for url in dict.fromkeys(engine_urls):
+        try:
+            client = _client(url, timeout=30)
+        except docker.errors.DockerException:
+            continue
+        try:
+            for info in client.api.containers(all=True, filters={"label": SESSION_LABEL}):
+                labels = info.get("Labels") or {}
+                if labels_alive(labels):
+                    continue
+                client.api.remove_container(info["Id"], force=True, v=True)
+                removed.append(f"container {info['Id'][:12]} (target {labels.get(TARGET_LABEL)}, "
+                               f"session {labels.get(SESSION_LABEL)})")
+        finally:
+            client.close()
+    return removed
 
 
 TARGET = ContainerTarget

@@ -1,0 +1,256 @@
+"""pytest hooks and fixtures: thin; the work happens in run.py and the layers below."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from portability.errors import PortabilityError, TargetLost, TargetUnavailable
+
+_RUN = pytest.StashKey["PortabilityRun"]()
+_REPORT = pytest.StashKey[object]()
+_PARAM = "_portability_target"
+
+MARKERS = (
+    "targets(*names): run this test only on these targets, groups or kind:KIND terms",
+    "skip_on(**facts): skip on targets whose facts match (kind=, os_id=, python=, kernel='<6.1', ...)",
+    "only_on(**facts): run only on targets whose facts match",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("portability", "run the suite across targets (pytest-portability)")
+    group.addoption("--targets", dest="portability_targets", metavar="EXPR",
+                    help="targets to run on: all, names, groups, kind:KIND, !name to exclude "
+                         "(comma-separated). Default: local")
+    group.addoption("--targets-file", dest="portability_targets_file", metavar="PATH",
+                    help="targets.yaml to use (default: targets.yaml in the rootdir)")
+    group.addoption("--keep-targets", action="store_true", dest="portability_keep",
+                    help="leave containers/VMs running after the session (remove with "
+                         "`portability clean`)")
+    group.addoption("--portability-json", dest="portability_json", metavar="PATH",
+                    help="write the test x target report as JSON (schema portability-report/1)")
+    parser.addini("portability_targets_file", "targets.yaml to use when the rootdir has none")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    from portability.config import default_config, find_targets_file, load
+    from portability.run import PortabilityRun
+
+    try:
+        path = find_targets_file(config.getoption("portability_targets_file"),
+                                 Path(config.rootpath), config.getini("portability_targets_file") or None)
+        targets_config = load(path) if path else default_config(Path(config.rootpath))
+        selection = targets_config.select(config.getoption("portability_targets"))
+    except PortabilityError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    workerinput = getattr(config, "workerinput", None)
+    run = PortabilityRun(
+        targets_config,
+        selection,
+        session_id=workerinput.get("portability_session") if workerinput else None,
+        keep=config.getoption("portability_keep"),
+        progress=_progress_printer(config),
+    )
+    config.stash[_RUN] = run
+    _terminate_as_interrupt()
+
+
+def pytest_configure_node(node) -> None:
+    """xdist controller -> worker: share one session id so labels group the whole run."""
+    node.workerinput["portability_session"] = node.config.stash[_RUN].session.id
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if _PARAM not in metafunc.fixturenames:
+        return
+    run = metafunc.config.stash[_RUN]
+    names = list(run.selection)
+    for marker in metafunc.definition.iter_markers("targets"):
+        try:
+            allowed = set(run.config.expand(marker.args))
+        except PortabilityError as exc:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: @targets: {exc}") from None
+        names = [n for n in names if n in allowed]
+    metafunc.parametrize(_PARAM, names, ids=names)
+
+
+def pytest_collection_modifyitems(session, config: pytest.Config, items) -> None:
+    from portability.run import TARGET_PROP, TEST_PROP
+
+    needed: list[str] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or _PARAM not in callspec.params:
+            continue
+        name = callspec.params[_PARAM]
+        item.user_properties.append((TARGET_PROP, name))
+        item.user_properties.append((TEST_PROP, _base_id(item, name)))
+        item.add_marker(pytest.mark.xdist_group(name))
+        if name not in needed:
+            needed.append(name)
+    run = config.stash[_RUN]
+    if needed and not hasattr(config, "workerinput") and not _is_xdist_controller(config):
+        run.prefetch(needed)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if call.when != "setup":
+        return
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or _PARAM not in callspec.params:
+        return
+    prop = item.config.stash[_RUN].state_property(callspec.params[_PARAM])
+    if prop:
+        outcome.get_result().user_properties.append(prop)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    run = session.config.stash[_RUN]
+    if not hasattr(session.config, "workerinput"):
+        session.config.pluginmanager.register(_Recorder(run), "portability-recorder")
+
+
+class _Recorder:
+    def __init__(self, run):
+        self.run = run
+
+    def pytest_runtest_logreport(self, report):
+        self.run.record(report)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    config = session.config
+    run = config.stash[_RUN]
+    try:
+        if not hasattr(config, "workerinput"):
+            report = None
+            json_path = config.getoption("portability_json")
+            if json_path:
+                report = run.write_json(Path(json_path))
+            config.stash[_REPORT] = report
+    finally:
+        run.close()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return
+    run = config.stash[_RUN]
+    report = config.stash.get(_REPORT, None) or (run.report() if run.cells() else None)
+    if not report or not report.get("tests"):
+        return
+    from portability.report.terminal import render_matrix
+
+    terminalreporter.section("portability matrix")
+    for line in render_matrix(report, width=terminalreporter._tw.fullwidth,
+                              color=terminalreporter.hasmarkup,
+                              verbose=config.getoption("verbose") > 0):
+        terminalreporter.write_line(line)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(_RUN, None)
+    if run is not None:
+        run.close()
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+@pytest.fixture
+def _portability_target(request):
+    """Parametrized per test by pytest_generate_tests with the selected target names."""
+    return request.param
+
+
+@pytest.fixture
+def target(request, _portability_target):
+    """The started target this test instance runs on (see portability.handle.TargetHandle)."""
+    run = request.config.stash[_RUN]
+    try:
+        handle = run.handle(_portability_target)
+    except (TargetUnavailable, TargetLost) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    _apply_fact_markers(request, handle)
+    return handle
+
+
+@pytest.fixture
+def host(target):
+    """testinfra's Host on the current target: existing testinfra tests run unchanged."""
+    return target.host
+
+
+def _apply_fact_markers(request, handle) -> None:
+    from portability.markers import describe, facts_match
+    from portability.run import EXPECTED_PROP
+
+    facts = {**handle.facts.as_dict(), "kind": handle.kind, "name": handle.name}
+    for marker in request.node.iter_markers():
+        if marker.name not in ("skip_on", "only_on"):
+            continue
+        try:
+            matched = facts_match(facts, marker.kwargs)
+        except ValueError as exc:
+            pytest.fail(f"@{marker.name}: {exc}", pytrace=False)
+        if matched == (marker.name == "skip_on"):
+            request.node.user_properties.append((EXPECTED_PROP, marker.name))
+            verb = "skip_on" if marker.name == "skip_on" else "only_on, not"
+            pytest.skip(f"{verb} {describe(marker.kwargs)} ({handle.name})")
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+def _base_id(item, name: str) -> str:
+    """The nodeid without this plugin's [target] id part, keeping other parameters."""
+    nodeid = item.nodeid
+    base, bracket, _rest = nodeid.partition("[")
+    if not bracket:
+        return nodeid
+    ids = list(getattr(item.callspec, "_idlist", []))
+    if name in ids:
+        ids.remove(name)
+    return f"{base}[{'-'.join(ids)}]" if ids else base
+
+
+def _is_xdist_controller(config) -> bool:
+    return getattr(config.option, "numprocesses", None) not in (None, 0) and \
+        config.pluginmanager.hasplugin("dsession")
+
+
+def _progress_printer(config):
+    lock = threading.Lock()
+
+    def progress(name: str, message: str, elapsed: float) -> None:
+        if config.getoption("verbose") < 0 or hasattr(config, "workerinput"):
+            return
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        text = f"portability: {name}: {message}" + (f" ({elapsed:.1f} s)" if elapsed else "")
+        with lock:
+            if reporter is not None:
+                reporter.write_line(text)
+            else:
+                print(text, file=sys.stderr)
+
+    return progress
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM takes the Ctrl-C path, so pytest finishes the session and targets are removed."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        def on_term(signum, frame):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            raise KeyboardInterrupt("SIGTERM")
+
+        signal.signal(signal.SIGTERM, on_term)
