@@ -116,6 +116,8 @@ def pytest_runtest_makereport(item, call):
 @pytest.hookimpl(trylast=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     run = session.config.stash[_RUN]
+    if not _testinfra_hosts_given(session.config):
+        session.config.pluginmanager.register(_HostFixture(), "portability-host")
     if not hasattr(session.config, "workerinput"):
         session.config.pluginmanager.register(_Recorder(run), "portability-recorder")
 
@@ -184,10 +186,16 @@ def target(request, _portability_target):
     return handle
 
 
-@pytest.fixture
-def host(target):
-    """testinfra's Host on the current target: existing testinfra tests run unchanged."""
-    return target.host
+class _HostFixture:
+    """Registered at session start, after testinfra's plugin, so this ``host`` wins.
+
+    Not registered when testinfra's own ``--hosts`` is given: then ``host`` stays testinfra's.
+    """
+
+    @pytest.fixture
+    def host(self, target):
+        """testinfra's Host on the current target: existing testinfra tests run unchanged."""
+        return target.host
 
 
 def _apply_fact_markers(request, handle) -> None:
@@ -220,6 +228,13 @@ def _base_id(item, name: str) -> str:
     if name in ids:
         ids.remove(name)
     return f"{base}[{'-'.join(ids)}]" if ids else base
+
+
+def _testinfra_hosts_given(config) -> bool:
+    try:
+        return bool(config.getoption("hosts"))
+    except ValueError:  # testinfra not installed
+        return False
 
 
 def _is_xdist_controller(config) -> bool:
