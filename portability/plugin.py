@@ -35,6 +35,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--portability-json", dest="portability_json", metavar="PATH",
                     help="write the test x target report as JSON (schema portability-report/1)")
     parser.addini("portability_targets_file", "targets.yaml to use when the rootdir has none")
+    from portability import inside
+
+    inside.addoption(group, parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,6 +62,9 @@ def pytest_configure(config: pytest.Config) -> None:
         progress=_progress_printer(config),
     )
     config.stash[_RUN] = run
+    from portability.inside import InsidePlugin
+
+    config.pluginmanager.register(InsidePlugin(run), "portability-inside")
     _terminate_as_interrupt()
 
 
@@ -69,7 +75,11 @@ def pytest_configure_node(node) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if _PARAM not in metafunc.fixturenames:
-        return
+        from portability import inside
+
+        if not inside.wants(metafunc.definition, metafunc.config):
+            return
+        metafunc.fixturenames.append(_PARAM)  # as pytest-repeat does: a parameter, not a fixture
     run = metafunc.config.stash[_RUN]
     names = list(run.selection)
     for marker in metafunc.definition.iter_markers("targets"):
