@@ -168,3 +168,34 @@ def _describe_one(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return f"{key}={str(value).lower()}"
     return f"{key}={value}"
+
+
+#: Facts a ``@pytest.mark.userland(...)`` expectation may name (the kernel has its own marker).
+USERLAND_KEYS = frozenset({"os", "os_id", "os_version_id", "libc", "libc_version", "python", "arch"})
+
+
+def declared_expectation(marker: str, args: tuple, kwargs: Mapping[str, Any]) -> tuple[dict, str | None]:
+    """Criteria and reason of ``@pytest.mark.kernel(">=6.6", reason=...)`` or
+    ``@pytest.mark.userland(python=">=3.11", reason=...)``: the targets where the test is
+    expected to pass. Raises ValueError for a malformed marker."""
+    kwargs = dict(kwargs)
+    reason = kwargs.pop("reason", None)
+    if marker == "kernel":
+        if len(args) != 1 or kwargs or not isinstance(args[0], str):
+            raise ValueError("@pytest.mark.kernel takes one version spec, e.g. "
+                             "@pytest.mark.kernel('>=6.6', reason='fchmodat2')")
+        criteria = {"kernel": args[0]}
+        _parse_spec(args[0])
+    elif marker == "userland":
+        if args or not kwargs:
+            raise ValueError("@pytest.mark.userland takes facts as keywords, e.g. "
+                             "@pytest.mark.userland(python='>=3.11', reason='...')")
+        for key in kwargs:
+            if key not in USERLAND_KEYS:
+                raise ValueError(_unknown(key, sorted(USERLAND_KEYS)).replace(
+                    "unknown fact", "not a userland fact", 1))
+        criteria = kwargs
+    else:
+        raise ValueError(f"not an expectation marker: {marker!r} (use kernel or userland)")
+    check_criteria(criteria)
+    return criteria, reason

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from portability.facts import Facts
-from portability.markers import check_criteria, describe, facts_match, known_keys, version_matches
+from portability.markers import (
+    check_criteria, declared_expectation, describe, facts_match, known_keys, version_matches,
+)
 
 DEBIAN12_CONTAINER = {
     **Facts(
@@ -155,3 +157,28 @@ def test_check_criteria_validates_without_facts():
 ])
 def test_describe(criteria, text):
     assert describe(criteria) == text
+
+
+def test_declared_kernel_expectation():
+    criteria, reason = declared_expectation("kernel", (">=6.6",), {"reason": "fchmodat2"})
+    assert criteria == {"kernel": ">=6.6"} and reason == "fchmodat2"
+    assert facts_match(DEBIAN12_CONTAINER, criteria) is False
+    assert declared_expectation("kernel", ("<6.1",), {}) == ({"kernel": "<6.1"}, None)
+    for args, kwargs in [((), {}), ((">=6", "<7"), {}), ((6.6,), {}), ((">=6",), {"python": "3"})]:
+        with pytest.raises(ValueError, match="takes one version spec"):
+            declared_expectation("kernel", args, kwargs)
+    with pytest.raises(ValueError, match="bad version spec"):
+        declared_expectation("kernel", (">=six",), {})
+
+
+def test_declared_userland_expectation():
+    criteria, reason = declared_expectation("userland", (), {"python": ">=3.11", "libc": "glibc"})
+    assert criteria == {"python": ">=3.11", "libc": "glibc"} and reason is None
+    assert facts_match(DEBIAN12_CONTAINER, criteria) is True
+    assert facts_match(BUSYBOX, criteria) is False
+    with pytest.raises(ValueError, match="not a userland fact 'kernel'"):
+        declared_expectation("userland", (), {"kernel": ">=6"})
+    with pytest.raises(ValueError, match="takes facts as keywords"):
+        declared_expectation("userland", (">=3.11",), {})
+    with pytest.raises(ValueError, match="not an expectation marker"):
+        declared_expectation("skip_on", (), {"kind": "local"})
