@@ -84,9 +84,10 @@ class Config:
         (``debian-*``); ``!term`` excludes (after all inclusions; only exclusions start from
         ``all``). None or empty selects ``local``.
         """
-        if expression is None or not expression.strip():
+        terms = _split(expression or "")
+        if not terms:
             return [self._local()]
-        names = self._resolve(_split(expression), "--targets")
+        names = self._resolve(terms, "--targets")
         if not names:
             raise ConfigError(f"--targets={expression.strip()} selects no targets; "
                               f"{self._inventory()}")
@@ -254,7 +255,8 @@ class _Parser:
         defaults = self.load_defaults(top.get("defaults"))
         targets = self.load_targets(top.get("targets"), root, defaults)
         groups = self.load_groups(top.get("groups"), targets)
-        return Config(path=path, targets=targets, groups=groups)
+        # Absolute, so base_dir stays right when a test changes the working directory.
+        return Config(path=path.absolute(), targets=targets, groups=groups)
 
     def pairs(self, node: MappingNode, context: str, noun: str) -> dict[str, tuple[Node, Node]]:
         """Key -> (key node, value node); duplicate keys are errors; ``<<`` merges honoured."""
@@ -499,7 +501,9 @@ class _Parser:
         if origin in (tuple, list, collections.abc.Sequence) or hint in (tuple, list):
             item_hint = args[0] if args and (origin is not tuple or args[-1] is Ellipsis or
                                              len(args) == 1) else Any
-            if isinstance(node, ScalarNode) and not _is_null(node) and item_hint in (str, Any):
+            if _is_null(node):
+                items = []  # `copy:` with every entry commented out
+            elif isinstance(node, ScalarNode) and item_hint in (str, Any):
                 items = [node.value]  # a single string stands for a one-item list
             elif isinstance(node, SequenceNode):
                 items = [self.coerce(item, item_hint, f"{where} item {i + 1}")

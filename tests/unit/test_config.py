@@ -153,8 +153,16 @@ def test_copy_accepts_a_single_string_and_dest_suffix(project):
     config = load_text(project, """
         targets:
           a: {kind: container, image: x, copy: "suites/app:/opt/app"}
+          b:
+            kind: container
+            image: x
+            copy:
+            #  - suites/app
         """)
     assert config.targets["a"].copy == ("suites/app:/opt/app",)
+    assert config.targets["b"].copy == ()
+    assert error_of(project, "targets:\n  c:\n    kind: local\n    copy:\n      - [a]\n") == (
+        "targets.yaml:5: target 'c': key 'copy' item 1 expects a string, got a list")
 
 
 def test_fake_kind_option_types(project, fake_kind):
@@ -436,7 +444,9 @@ def test_copy_path_must_exist_relative_to_the_file(project, monkeypatch):
     elsewhere = project / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert load(path).targets["c"].copy == ("suites/app",)
+    config = load(path)
+    assert config.targets["c"].copy == ("suites/app",)
+    assert config.path == path and config.base_dir == project.resolve()
 
 
 def test_defaults_errors(project):
@@ -522,6 +532,7 @@ def example(project) -> Config:
     (None, ["local"]),
     ("", ["local"]),
     ("  ", ["local"]),
+    (" , ,", ["local"]),
     ("all", ["local", "debian-12", "debian-11", "alpine"]),
     ("debian-11", ["debian-11"]),
     ("debian-11,local", ["local", "debian-11"]),
