@@ -235,7 +235,10 @@ class _Parser:
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = f":{mark.line + 1}" if mark else ""
-            what = " ".join(p for p in (exc.context, exc.problem) if p)
+            context = exc.context or ""
+            if context and exc.context_mark and mark and exc.context_mark.line != mark.line:
+                context += f" started at line {exc.context_mark.line + 1},"
+            what = " ".join(p for p in (context, exc.problem) if p)
             raise ConfigError(f"{self.label}{line}: invalid YAML: {what}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{self.label}: invalid YAML: {_one_line(exc)}") from None
