@@ -24,6 +24,7 @@ class TargetHandle:
         self._target = target
         self.facts = facts
         self._on_lost = on_lost
+        self._observer: Callable[[str, Any], None] | None = None
 
     @property
     def name(self) -> str:
@@ -77,6 +78,21 @@ class TargetHandle:
     def check_output(self, command: Command, *args: Any, **kwargs: Any) -> str:
         """stdout of a command that must succeed, without the trailing newline."""
         return self.run(command, *args, **kwargs).check().stdout.rstrip("\n")
+
+    def observe(self, name: str, value: Any) -> Any:
+        """Record a value of this target (a version string, a checksum, a listing …).
+
+        The report lists every observation whose values differ across targets, so
+        "runs identically" covers outputs, not only pass/fail. Returns ``value``.
+        """
+        if self._observer is None:
+            raise RuntimeError("observe() is only available inside a test")
+        self._observer(name, value)
+        return value
+
+    def bind_observer(self, observer: Callable[[str, Any], None] | None) -> None:
+        """Route observe() to the current test (the plugin binds it per test)."""
+        self._observer = observer
 
     def put(self, local: str | Path, remote: str) -> None:
         self._target.put(Path(local), remote)

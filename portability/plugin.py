@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -10,15 +11,22 @@ from pathlib import Path
 import pytest
 
 from portability.errors import PortabilityError, TargetLost, TargetUnavailable
+from portability.run import EXPECTED_PROP, OBSERVE_PROP, TARGET_PROP, TEST_PROP, PortabilityRun
 
 _RUN = pytest.StashKey["PortabilityRun"]()
 _REPORT = pytest.StashKey[object]()
+_GATE = pytest.StashKey[object]()
+#: Exit status when the portability gate fails (pytest itself uses 0-5).
+GATE_EXIT = 8
 _PARAM = "_portability_target"
 
 MARKERS = (
     "targets(*names): run this test only on these targets, groups or kind:KIND terms",
     "skip_on(**facts): skip on targets whose facts match (kind=, os_id=, python=, kernel='<6.1', ...)",
     "only_on(**facts): run only on targets whose facts match",
+    "kernel(spec, reason=''): an expected divergence: on targets whose kernel is outside spec "
+    "(e.g. '>=6.6') the test is skipped as expected, not failed",
+    "userland(reason='', **facts): an expected divergence on userland facts, e.g. python='>=3.11'",
 )
 
 
@@ -34,6 +42,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "`portability clean`)")
     group.addoption("--portability-json", dest="portability_json", metavar="PATH",
                     help="write the test x target report as JSON (schema portability-report/1)")
+    group.addoption("--portability-html", dest="portability_html", metavar="PATH",
+                    help="write the matrix as one self-contained HTML file")
+    group.addoption("--portability-gate", action="store_true", dest="portability_gate",
+                    help=f"exit {GATE_EXIT} when a test diverges across targets without a declared "
+                         "expectation (or, with a baseline, on new divergences and regressions)")
+    group.addoption("--portability-baseline", dest="portability_baseline", metavar="REPORT",
+                    help="compare with a previous JSON report: new divergences and regressions "
+                         "fail the gate, fixed ones are listed (implies --portability-gate)")
+    group.addoption("--portability-rerun", dest="portability_rerun", type=int, default=1,
+                    metavar="N", help="re-run the cells of divergent tests N times to tell flaky "
+                                      "tests from real divergences (default 1; 0 disables)")
     parser.addini("portability_targets_file", "targets.yaml to use when the rootdir has none")
     from portability import inside
 
@@ -44,8 +63,6 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     from portability.config import default_config, find_targets_file, load
-    from portability.run import PortabilityRun
-
     try:
         path = find_targets_file(config.getoption("portability_targets_file"),
                                  Path(config.rootpath), config.getini("portability_targets_file") or None)
@@ -62,6 +79,9 @@ def pytest_configure(config: pytest.Config) -> None:
         progress=_progress_printer(config),
     )
     config.stash[_RUN] = run
+    if getattr(config.option, "dist", "no") == "load":
+        # One worker per target group: each container/VM is started once, not once per worker.
+        config.option.dist = "loadgroup"
     from portability.inside import InsidePlugin
 
     config.pluginmanager.register(InsidePlugin(run), "portability-inside")
@@ -92,8 +112,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(session, config: pytest.Config, items) -> None:
-    from portability.run import TARGET_PROP, TEST_PROP
-
     needed: list[str] = []
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -140,25 +158,77 @@ class _Recorder:
         self.run.record(report)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session):
+    result = yield
+    run = session.config.stash[_RUN]
+    times = session.config.getoption("portability_rerun")
+    if times > 0 and not session.shouldfail and not session.shouldstop \
+            and not hasattr(session.config, "workerinput"):
+        from _pytest.runner import runtestprotocol
+
+        items = {(_prop(i, TEST_PROP), _prop(i, TARGET_PROP)): i
+                 for i in session.items}
+        for key in run.rerun_candidates():
+            item = items.get(key)
+            for _ in range(times if item is not None else 0):
+                run.record_rerun(key, runtestprotocol(item, nextitem=None, log=False))
+    return result
+
+
+@pytest.hookimpl(trylast=True)  # after junitxml has written its file
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
     run = config.stash[_RUN]
     try:
         if not hasattr(config, "workerinput"):
-            report = None
-            json_path = config.getoption("portability_json")
-            if json_path:
-                report = run.write_json(Path(json_path))
-            config.stash[_REPORT] = report
+            _write_reports(session, run)
+    except (OSError, PortabilityError) as exc:
+        # A report that cannot be written (or a broken baseline) is the user's to fix: one line.
+        sys.stderr.write(f"portability: error: {exc}\n")
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
     finally:
         run.close()
+
+
+def _write_reports(session: pytest.Session, run) -> None:
+    config = session.config
+    report = run.report() if run.has_results() else None
+    config.stash[_REPORT] = report
+    if report is None:
+        return
+    json_path = config.getoption("portability_json")
+    if json_path:
+        run.write_json(Path(json_path), report)
+    html_path = config.getoption("portability_html")
+    if html_path:
+        run.write_html(Path(html_path), report)
+    xml_path = getattr(config.option, "xmlpath", None)
+    if xml_path and Path(xml_path).exists():
+        from portability.report.junit import add_junit_properties
+
+        add_junit_properties(Path(xml_path), report)
+    gate = _gate(config, report)
+    config.stash[_GATE] = gate
+    if gate is not None and not gate.ok and session.exitstatus in (0, 1):
+        session.exitstatus = GATE_EXIT
+
+
+def _gate(config, report):
+    baseline_path = config.getoption("portability_baseline")
+    if not (config.getoption("portability_gate") or baseline_path):
+        return None
+    from portability.analysis import gate
+    from portability.report.json_report import load_report
+
+    baseline = load_report(Path(baseline_path)) if baseline_path else None
+    return gate(report, baseline)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return
-    run = config.stash[_RUN]
-    report = config.stash.get(_REPORT, None) or (run.report() if run.cells() else None)
+    report = config.stash.get(_REPORT, None)
     if not report or not report.get("tests"):
         return
     from portability.report.terminal import render_matrix
@@ -168,6 +238,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
                               color=terminalreporter.hasmarkup,
                               verbose=config.getoption("verbose") > 0):
         terminalreporter.write_line(line)
+    gate = config.stash.get(_GATE, None)
+    if gate is not None:
+        for line in gate.lines():
+            terminalreporter.write_line(line, red=not gate.ok, green=gate.ok, bold=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -193,6 +267,8 @@ def target(request, _portability_target):
     except (TargetUnavailable, TargetLost) as exc:
         pytest.fail(str(exc), pytrace=False)
     _apply_fact_markers(request, handle)
+    handle.bind_observer(lambda name, value: request.node.user_properties.append(
+        (OBSERVE_PROP, json.dumps([name, value], default=str))))
     return handle
 
 
@@ -209,24 +285,43 @@ class _HostFixture:
 
 
 def _apply_fact_markers(request, handle) -> None:
+    """skip_on/only_on select targets; kernel/userland declare expected divergences."""
     from portability.markers import describe, facts_match
-    from portability.run import EXPECTED_PROP
 
     facts = {**handle.facts.as_dict(), "kind": handle.kind, "name": handle.name}
     for marker in request.node.iter_markers():
-        if marker.name not in ("skip_on", "only_on"):
+        if marker.name not in ("skip_on", "only_on", "kernel", "userland"):
             continue
+        criteria = dict(marker.kwargs)
+        reason = criteria.pop("reason", "")
+        if marker.name == "kernel":
+            if len(marker.args) != 1:
+                pytest.fail("@kernel takes one version range, e.g. @pytest.mark.kernel('>=6.6')",
+                            pytrace=False)
+            criteria = {"kernel": marker.args[0]}
         try:
-            matched = facts_match(facts, marker.kwargs)
+            matched = facts_match(facts, criteria)
         except ValueError as exc:
             pytest.fail(f"@{marker.name}: {exc}", pytrace=False)
-        if matched == (marker.name == "skip_on"):
-            request.node.user_properties.append((EXPECTED_PROP, marker.name))
-            verb = "skip_on" if marker.name == "skip_on" else "only_on, not"
-            pytest.skip(f"{verb} {describe(marker.kwargs)} ({handle.name})")
+        if marker.name == "skip_on" and matched:
+            text = f"skip_on {describe(criteria)}"
+        elif marker.name != "skip_on" and not matched:
+            word = "only_on" if marker.name == "only_on" else "expected divergence: needs"
+            text = f"{word} {describe(criteria)}"
+        else:
+            continue
+        request.node.user_properties.append((EXPECTED_PROP, marker.name))
+        pytest.skip(f"{text}{f' ({reason})' if reason else ''} on {handle.name}")
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+def _prop(item, key: str):
+    for name, value in item.user_properties:
+        if name == key:
+            return value
+    return None
+
 
 def _base_id(item, name: str) -> str:
     """The nodeid without this plugin's [target] id part, keeping other parameters."""

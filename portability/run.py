@@ -8,7 +8,10 @@ controller inside the reports' ``user_properties``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import tempfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,6 +54,7 @@ class PortabilityRun:
         # controller side
         self._phases: dict[tuple[str, str], dict[str, Any]] = {}
         self._order: list[tuple[str, str]] = []
+        self._reruns: dict[tuple[str, str], list[str]] = {}
         self.remote_states: dict[str, dict[str, Any]] = {}
         self.observations: dict[str, dict[str, dict[str, Any]]] = {}
 
@@ -120,9 +124,33 @@ class PortabilityRun:
         if EXPECTED_PROP in props:
             self._phases[key]["expected"] = True
 
+    def has_results(self) -> bool:
+        return bool(self._order)
+
+    def rerun_candidates(self) -> list[tuple[str, str]]:
+        """(test, target) cells of divergent tests: re-running them tells flaky from real."""
+        from portability.analysis import build_rows, verdict
+
+        infos = {info.name: info for info in self.target_infos()}
+        keys = []
+        for row in build_rows(self.cells()):
+            if verdict(row, infos) == "divergent":
+                keys += [(row.test_id, target) for target, cell in row.cells.items()
+                         if infos.get(target) and infos[target].status == "ready"]
+        return keys
+
+    def record_rerun(self, key: tuple[str, str], reports) -> None:
+        phases = {report.when: report for report in reports}
+        self._reruns.setdefault(key, []).append(_cell(key[0], key[1], phases).outcome)
+
     def cells(self) -> list[Cell]:
-        return [_cell(test_id, target, self._phases[(test_id, target)])
-                for test_id, target in self._order]
+        cells = []
+        for key in self._order:
+            cell = _cell(key[0], key[1], self._phases[key])
+            if key in self._reruns:
+                cell = dataclasses.replace(cell, reruns=tuple(self._reruns[key]))
+            cells.append(cell)
+        return cells
 
     def target_infos(self) -> list[TargetInfo]:
         infos = []
@@ -148,12 +176,27 @@ class PortabilityRun:
                             targets=self.target_infos(), cells=self.cells(),
                             observations=self.observations)
 
-    def write_json(self, path: Path) -> dict:
+    def write_json(self, path: Path, report: dict) -> None:
         from portability.report.json_report import write_atomic
 
-        report = self.report()
         write_atomic(path, report)
-        return report
+
+    def write_html(self, path: Path, report: dict) -> None:
+        from portability.report.html import render_html
+
+        _write_text_atomic(path, render_html(report))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def _state_dict(state: TargetState) -> dict[str, Any]:
