@@ -118,6 +118,12 @@ def pytest_collection_modifyitems(session, config: pytest.Config, items) -> None
         if callspec is None or _PARAM not in callspec.params:
             continue
         name = callspec.params[_PARAM]
+        for marker in item.iter_markers():
+            if marker.name in _FACT_MARKERS:
+                try:
+                    _marker_criteria(marker)
+                except ValueError as exc:
+                    raise pytest.UsageError(f"{item.nodeid}: @{marker.name}: {exc}") from None
         item.user_properties.append((TARGET_PROP, name))
         item.user_properties.append((TEST_PROP, _base_id(item, name)))
         item.add_marker(pytest.mark.xdist_group(name))
@@ -284,25 +290,31 @@ class _HostFixture:
         return target.host
 
 
+_FACT_MARKERS = ("skip_on", "only_on", "kernel", "userland")
+
+
+def _marker_criteria(marker) -> tuple[dict, str | None]:
+    """(criteria, reason) of a fact marker; ValueError when it is malformed."""
+    from portability.markers import check_criteria, declared_expectation
+
+    if marker.name in ("kernel", "userland"):
+        return declared_expectation(marker.name, marker.args, marker.kwargs)
+    criteria = dict(marker.kwargs)
+    reason = criteria.pop("reason", None)
+    check_criteria(criteria)
+    return criteria, reason
+
+
 def _apply_fact_markers(request, handle) -> None:
     """skip_on/only_on select targets; kernel/userland declare expected divergences."""
     from portability.markers import describe, facts_match
 
     facts = {**handle.facts.as_dict(), "kind": handle.kind, "name": handle.name}
     for marker in request.node.iter_markers():
-        if marker.name not in ("skip_on", "only_on", "kernel", "userland"):
+        if marker.name not in _FACT_MARKERS:
             continue
-        criteria = dict(marker.kwargs)
-        reason = criteria.pop("reason", "")
-        if marker.name == "kernel":
-            if len(marker.args) != 1:
-                pytest.fail("@kernel takes one version range, e.g. @pytest.mark.kernel('>=6.6')",
-                            pytrace=False)
-            criteria = {"kernel": marker.args[0]}
-        try:
-            matched = facts_match(facts, criteria)
-        except ValueError as exc:
-            pytest.fail(f"@{marker.name}: {exc}", pytrace=False)
+        criteria, reason = _marker_criteria(marker)  # validated at collection
+        matched = facts_match(facts, criteria)
         if marker.name == "skip_on" and matched:
             text = f"skip_on {describe(criteria)}"
         elif marker.name != "skip_on" and not matched:
