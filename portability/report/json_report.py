@@ -124,17 +124,21 @@ def cells(report: Mapping[str, Any]) -> list[Cell]:
 # -- files -----------------------------------------------------------------------------------
 
 def write_atomic(path: Path, report: Mapping[str, Any]) -> None:
-    """Write next to the destination, then rename: readers never see a half-written file,
-    also when the run is interrupted while writing."""
+    """Write the report as JSON next to the destination, then rename: readers never see a
+    half-written file, also when the run is interrupted while writing."""
+    write_text_atomic(path, json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=1, ensure_ascii=False, default=str)
-            fh.write("\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would surprise whoever serves or reads the report
         os.replace(tmp, path)
     except BaseException:
         try:
