@@ -104,7 +104,8 @@ class Recipe:
         return self.name.rsplit(":", 1)[1]
 
     def key_material(self) -> dict:
-        material = {"recipe_version": RECIPE_VERSION, "kind": self.kind, "name": self.name,
+        # Not the name: a recipe under another name (tests) shares the cached root filesystem.
+        material = {"recipe_version": RECIPE_VERSION, "kind": self.kind,
                     "changes": self.changes()}
         if self.kind == "debootstrap":
             material.update(suite=self.suite, include=sorted(self.include),
@@ -150,23 +151,35 @@ _print_lock = threading.Lock()
 def resolve(name: str) -> Recipe:
     """The catalog recipe for ``name``; accepts the full reference, or it without the
     ``portability/`` prefix or the ``:latest`` tag. Unknown names raise with a did-you-mean."""
-    for candidate in (name, f"portability/{name}", f"{name}:latest",
-                      f"portability/{name}:latest"):
-        if candidate in CATALOG:
-            return CATALOG[candidate]
-    close = difflib.get_close_matches(name, list(CATALOG), n=1, cutoff=0.5)
-    hint = f"did you mean {close[0]}? " if close else ""
+    aliases = _aliases()
+    if name in aliases:
+        return CATALOG[aliases[name]]
+    close = difflib.get_close_matches(name, list(aliases), n=1, cutoff=0.6)
+    hint = f"did you mean {aliases[close[0]]}? " if close else ""
     raise PortabilityError(f"unknown image {name!r}: {hint}known images: {', '.join(CATALOG)}")
+
+
+def _aliases() -> dict[str, str]:
+    """Every spelling `resolve` accepts: "portability/debian:12", "debian:12", "debian-12",
+    "portability/busybox", "busybox"."""
+    table: dict[str, str] = {}
+    for full in CATALOG:
+        short = full.removeprefix("portability/")
+        for alias in (full, short, short.replace(":", "-")):
+            table[alias] = full
+            if alias.endswith(":latest") or alias.endswith("-latest"):
+                table[alias[:-len(":latest")]] = full
+    return table
 
 
 def missing_image_hint(name: str) -> str | None:
     """What to tell a user whose target names an absent image; None when the catalog has no
     recipe for it (then only the user knows where the image comes from)."""
-    try:
-        recipe = resolve(name)
-    except PortabilityError:
+    # Exact image references only: `image: busybox` means Docker Hub's busybox, not ours.
+    ref = name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+    if ref not in CATALOG:
         return None
-    return f"run `portability images build {recipe.name}` to build it locally"
+    return f"run `portability images build {ref}` to build it locally"
 
 
 def exists(name: str, client=None) -> bool:
@@ -206,11 +219,11 @@ def build_recipe(recipe: Recipe, *, client=None, force: bool = False,
     """``build`` for a recipe outside the catalog (e.g. a catalog recipe under another name)."""
     client = client or _client()
     source = recipe.source_hash()
-    if not force:
-        image = _get_image(client, recipe.name)
-        if image is not None and (image.labels or {}).get(SOURCE_LABEL) == source:
-            progress(f"{recipe.name}: up to date ({image.id[7:19]})")
-            return image.id
+    previous = _get_image(client, recipe.name)
+    if not force and previous is not None \
+            and (previous.labels or {}).get(SOURCE_LABEL) == source:
+        progress(f"{recipe.name}: up to date ({previous.id[7:19]})")
+        return previous.id
     started = time.monotonic()
     tarball = _rootfs_tarball(recipe, source, force=force, progress=progress)
     try:
@@ -219,6 +232,8 @@ def build_recipe(recipe: Recipe, *, client=None, force: bool = False,
         # The engine refused the tarball: do not serve it from the cache again.
         tarball.unlink(missing_ok=True)
         raise
+    if previous is not None and previous.id != image_id:
+        _remove_unused(client, previous.id)
     size = tarball.stat().st_size / 1e6
     progress(f"{recipe.name}: imported {image_id[7:19]} ({size:.0f} MB rootfs) "
              f"in {time.monotonic() - started:.1f}s")
@@ -238,17 +253,41 @@ def ensure(names: Iterable[str], *, client=None, force: bool = False,
 
     results: dict[str, str] = {}
     errors: list[PortabilityError] = []
+    cancel = threading.Event()
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {r.name: pool.submit(build, r.name, client=client, force=force,
+        futures = {r.name: pool.submit(_build_cancellable, r, cancel, client=client, force=force,
                                        progress=locked) for r in recipes}
-        for name, future in futures.items():
-            try:
-                results[name] = future.result()
-            except PortabilityError as exc:
-                errors.append(exc)
+        try:
+            for name, future in futures.items():
+                try:
+                    results[name] = future.result()
+                except PortabilityError as exc:
+                    errors.append(exc)
+        except BaseException:
+            # Ctrl-C lands in this thread only: tell the workers to stop their builds (and
+            # clean up their scratch dirs) before the pool's exit waits for them.
+            cancel.set()
+            for future in futures.values():
+                future.cancel()
+            raise
     if errors:
         raise errors[0]
     return results
+
+
+_cancel = threading.local()
+
+
+def _build_cancellable(recipe: Recipe, cancel: threading.Event, **kwargs) -> str:
+    _cancel.event = cancel
+    try:
+        return build_recipe(recipe, **kwargs)
+    finally:
+        _cancel.event = None
+
+
+class _Cancelled(PortabilityError):
+    pass
 
 
 # ----------------------------------------------------------------------------- engine
@@ -262,7 +301,7 @@ def _client(engine_url: str | None = None):
         client.ping()
     except docker.errors.DockerException as exc:
         where = engine_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        raise PortabilityError(f"Docker Engine at {where} is unreachable ({_first_line(exc)}); "
+        raise PortabilityError(f"Docker Engine at {where} is unreachable ({_why(exc)}); "
                                "start dockerd or set DOCKER_HOST") from None
     return client
 
@@ -293,12 +332,21 @@ def _import(client, recipe: Recipe, source: str, tarball: Path) -> str:
     return image.id
 
 
+def _remove_unused(client, image_id: str) -> None:
+    """Drop the image a rebuild replaced, unless a container still uses it (then it stays,
+    untagged, until that container is gone: never pull an image from under a running target)."""
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.DockerException):
+        client.images.remove(image_id, noprune=False)
+
+
 # ----------------------------------------------------------------------------- root filesystems
 
 
 def _rootfs_tarball(recipe: Recipe, source: str, *, force: bool, progress: Progress) -> Path:
     cache = cache_dir("images")
-    slug = recipe.name.replace("/", "_").replace(":", "_")
+    slug = f"{recipe.kind}-{recipe.suite or 'static'}"
     tarball = cache / f"{slug}-{source}.tar"
     # Serialises builds of one recipe across processes (pytest-xdist workers, two shells).
     with open(cache / f"{slug}.lock", "w") as lock:
@@ -464,8 +512,15 @@ def _run_logged(cmd: list[str], log: Path, *, what: str) -> None:
         # orderly way (debootstrap unmounts /proc and /sys of the target in its exit trap).
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        cancel = getattr(_cancel, "event", None)
         try:
-            rc = proc.wait()
+            while True:
+                try:
+                    rc = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if cancel is not None and cancel.is_set():
+                        raise _Cancelled(f"{what} cancelled") from None
         except BaseException:
             _stop_group(proc)
             raise
@@ -517,6 +572,17 @@ def _remove_tree(root: Path) -> None:
     subprocess.run(["rm", "-rf", "--one-file-system", str(root)], capture_output=True)
     if root.exists():
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _why(exc: Exception) -> str:
+    text = str(exc)
+    for marker, reason in (("FileNotFoundError", "no such socket"),
+                           ("Connection refused", "connection refused"),
+                           ("PermissionError", "permission denied on the socket"),
+                           ("Timeout", "timed out")):
+        if marker in text:
+            return reason
+    return _first_line(exc)
 
 
 def _first_line(exc: object) -> str:
@@ -584,6 +650,10 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m portability.images`` — the same commands without the ``portability`` CLI."""
     import sys
 
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt  # same orderly clean-up as Ctrl-C
+
+    signal.signal(signal.SIGTERM, _terminate)
     parser = argparse.ArgumentParser(prog="python -m portability.images")
     images = register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["images", *(sys.argv[1:] if argv is None else argv)])
