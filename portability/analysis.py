@@ -336,6 +336,16 @@ def suggest_target(candidates: Sequence[str], passing: Sequence[str], failing: S
         return None
     host = _host_like(targets)
     groups = set(candidates)
+    if "kernel" in groups and "kind" in groups:
+        # A container against a VM: a full system with the container's kernel and userland
+        # differs from the VM in the kernel alone.
+        cont = f_info if f_info.kind in _ISOLATED_KINDS else p_info
+        if host is not None and host.fact("kernel_release") == cont.fact("kernel_release") \
+                and _same_userland(host, cont):
+            return f"add the local target (kernel {kernel_short(cont.fact('kernel_release'))}, the host itself)"
+        rootfs = ("rootfs host" if host is not None and _same_userland(host, cont)
+                  else f"the {userland_text(cont)} rootfs of {cont.name}")
+        return f"add a qemu target with kernel {kernel_short(cont.fact('kernel_release'))} and {rootfs}"
     if "kernel" in groups:
         # Vary the kernel alone: the failing side's kernel with the passing side's userland.
         kernel = kernel_short(f_info.fact("kernel_release"))
@@ -348,13 +358,11 @@ def suggest_target(candidates: Sequence[str], passing: Sequence[str], failing: S
         return f"add a qemu target with kernel {kernel} and {rootfs}"
     if "userland" in groups:
         if "kind" in groups:
-            # userland and isolation vary together: the failing userland outside a container
-            # or the passing userland inside one.
-            if f_info.kind in _ISOLATED_KINDS:
-                return (f"add a qemu or ssh target running {userland_text(f_info)} "
-                        f"(the userland of {f_info.name}) outside a container")
-            return (f"add a container target with the userland of {p_info.name} "
-                    f"({userland_text(p_info)})")
+            # userland and isolation vary together: a container with the userland of the side
+            # that is not one separates them, and a container is the cheapest target to add.
+            system = p_info if p_info.kind not in _ISOLATED_KINDS else f_info
+            return (f"add a container target with the userland of {system.name} "
+                    f"({userland_text(system)})")
         return (f"add a target of arch {p_info.fact('arch')} with the userland of {f_info.name} "
                 f"({userland_text(f_info)})")
     if "arch" in groups:
