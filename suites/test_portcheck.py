@@ -41,12 +41,11 @@ def test_unknown_command_is_usage_error(target):
     assert "usage: portcheck" in result.stderr
 
 
-def test_protect_does_not_follow_symlinks(target):
-    """Kernel-dependent: fchmodat2(2) exists since Linux 6.6."""
-    target.run("rm -f secret && echo s > secret && chmod 644 secret")
-    result = portcheck(target, "protect", "secret")
+def test_stash_is_sealed_against_exec(target):
+    """Kernel-dependent: memfd_create accepts MFD_NOEXEC_SEAL since Linux 6.3."""
+    result = portcheck(target, "stash", stdin=b"payload")
     assert result.rc == 0, result.stderr
-    assert target.check_output("stat -c %a secret") == "600"
+    assert result.stdout == "stashed 7 bytes; exec sealed: yes\n"
 
 
 def test_reads_toml_config(target):
