@@ -283,14 +283,21 @@ def _where(passing: Sequence[str], failing: Sequence[str], cells: Mapping[str, C
 
 
 def _describe_values(group: str, passing, failing, targets) -> str:
-    def values(names):
+    """The group's facts that differ, failing side first: "python 3.9.2 vs 3.11.2"."""
+    def values(names, key):
         seen: list[str] = []
         for n in names:
-            text = _group_text(targets.get(n), group)
+            text = str(_fact(targets, n, key))
             if text not in seen:
                 seen.append(text)
-        return " / ".join(seen)
-    return f"not passing with {values(failing)}, passing with {values(passing)}"
+        return "/".join(seen[:3]) + (f"/+{len(seen) - 3} more" if len(seen) > 3 else "")
+
+    parts = []
+    for key in FACT_GROUPS[group]:
+        bad, good = values(failing, key), values(passing, key)
+        if bad != good:
+            parts.append(f"{key} {bad} vs {good}")
+    return "; ".join(parts) + " (failing vs passing)"
 
 
 def _group_text(info: TargetInfo | None, group: str) -> str:

@@ -87,7 +87,8 @@ def render_matrix(report: Mapping[str, Any], *, width: int = 120, color: bool = 
             if cell is not None and any(r != cell["outcome"] for r in cell.get("reruns") or ()):
                 mark = sym["flaky"]
                 key = "flaky"
-            cells.append(paint(mark.center(w), key))
+            left = (w - len(mark)) // 2
+            cells.append(" " * left + paint(mark, key) + " " * (w - len(mark) - left))
         return _shorten(test["id"], id_width, sym["ellipsis"]).ljust(id_width) + " " + " ".join(cells)
 
     for test in divergent:
