@@ -84,6 +84,8 @@ for d in proc sys dev; do
     mount --move "/$d" "/newroot/$d" || fail "moving /$d into the new root failed"
 done
 mount -t tmpfs -o mode=755 run /newroot/run || fail "no /run in the root filesystem"
+# Like a booted system: the unified cgroup hierarchy where systemd would put it.
+mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup 2>/dev/null
 mkdir -p /newroot/run/portability /newroot/dev/pts /newroot/dev/shm /newroot/tmp
 chmod 1777 /newroot/tmp
 mount -t devpts -o newinstance,ptmxmode=666 devpts /newroot/dev/pts

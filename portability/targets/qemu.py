@@ -44,6 +44,7 @@ _WATCHDOG = Path(__file__).resolve().parent.parent / "qemu" / "watchdog.sh"
 #: Extra seconds the host waits beyond a command's own timeout before calling the VM lost.
 _LOST_MARGIN_S = 60.0
 _ROOT_MODES = ("host", "none")
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,6 +119,11 @@ class QemuTarget(Target):
         self.guest_kernel: str | None = None
         self.boot_s: float | None = None
         self.accel: str | None = None
+        # With the host's root, commands find the same programs as on the host (a pyenv or
+        # venv python first on PATH is part of "the host's userland").
+        self._base_env: dict[str, str] = {}
+        if spec.rootfs == "host":
+            self._base_env = {"PATH": os.environ.get("PATH") or _DEFAULT_PATH}
 
     @property
     def workdir(self) -> str:
@@ -292,6 +298,12 @@ class QemuTarget(Target):
             kind, length = struct.unpack("<cI", stream.recv_exact(5))
             payload = stream.recv_exact(length)
         except (ChannelClosed, OSError):
+            if self._proc is not None:
+                try:
+                    self._proc.wait(2.0)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._check_alive("the VM stopped during boot")
             raise self._boot_failure("the VM's port closed during boot") from None
         if kind != b"H":
             raise self._boot_failure(f"unexpected {kind!r} frame from the VM's agent")
@@ -306,13 +318,13 @@ class QemuTarget(Target):
         return TargetUnavailable(self.name, f"{what}; {self._diagnostics()}")
 
     def _diagnostics(self) -> str:
-        """The last lines of QEMU's own messages and of the guest console, on one line."""
+        """QEMU's own last messages and the guest console's telling lines, on one line."""
         parts = []
         if self._dir is not None:
             qemu_log = _tail(self._dir / "qemu.log", 3)
             if qemu_log:
                 parts.append("qemu: " + " | ".join(qemu_log))
-            console = _tail(self._dir / "console.log", 8)
+            console = console_summary(_tail(self._dir / "console.log", 200))
             parts.append("console: " + (" | ".join(console) if console else "(empty)"))
         return "; ".join(parts) or "no diagnostics"
 
@@ -329,7 +341,7 @@ class QemuTarget(Target):
     ) -> Result:
         if self._channel is None or self._sock is None:
             raise TargetLost(self.name, "the VM is not running")
-        merged = {**self.spec.env, **(env or {})}
+        merged = {**self._base_env, **self.spec.env, **(env or {})}
         self._sock.settimeout(None if timeout is None else timeout + _LOST_MARGIN_S)
         try:
             return self._channel.run(command, timeout=timeout, env=merged,
@@ -568,6 +580,22 @@ def _tail(path: Path, lines: int) -> list[str]:
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     kept = [line.strip() for line in text.splitlines() if line.strip()]
     return kept[-lines:]
+
+
+_TELLING = re.compile(r"portability-init:|Kernel panic|not syncing|Unable to|error|failed",
+                      re.IGNORECASE)
+_STACK = re.compile(r"\+0x[0-9a-f]+/0x[0-9a-f]+|^</?(TASK|IRQ)>|^Call Trace:|^RIP:|^R[A-Z0-9]{2}:")
+_STAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
+
+
+def console_summary(lines: list[str], tail: int = 4, telling: int = 4) -> list[str]:
+    """What explains a failed boot: the last lines that say why (panic, init errors), then
+    the last few lines, without kernel timestamps and without repeats."""
+    clean = [_STAMP.sub("", line) for line in lines]
+    clean = [line for line in clean if not _STACK.search(line)]
+    why = [line for line in clean if _TELLING.search(line)][-telling:]
+    picked = why + [line for line in clean[-tail:] if line not in why]
+    return [line for line in dict.fromkeys(picked) if line]
 
 
 def _drive_path(path: Path | None) -> str:
