@@ -309,10 +309,11 @@ def _apply_fact_markers(request, handle) -> None:
     """skip_on/only_on select targets; kernel/userland declare expected divergences."""
     from portability.markers import describe, facts_match
 
+    markers = [m for m in request.node.iter_markers() if m.name in _FACT_MARKERS]
+    if not markers:
+        return
     facts = {**handle.facts.as_dict(), "kind": handle.kind, "name": handle.name}
-    for marker in request.node.iter_markers():
-        if marker.name not in _FACT_MARKERS:
-            continue
+    for marker in markers:
         criteria, reason = _marker_criteria(marker)  # validated at collection
         matched = facts_match(facts, criteria)
         if marker.name == "skip_on" and matched:
