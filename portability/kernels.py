@@ -479,3 +479,21 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for k in kernels:
         print(f"{k.series or '-':8} {k.release or '-':28} {k.version or '-':24} {k.image}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m portability.kernels fetch|list`` (the same as ``portability kernels``)."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python3 -m portability.kernels")
+    register(parser.add_subparsers(metavar="COMMAND"))
+    args = parser.parse_args(["kernels", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except PortabilityError as exc:
+        print(f"portability: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
