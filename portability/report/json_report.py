@@ -1,9 +1,20 @@
-"""The JSON report (schema "portability-report/1", see docs / shared report-schema.md).
+"""The JSON report (schema "portability-report/1", see report-schema.md).
 
-Beyond the required keys, each test carries ``attribution`` (null when consistent),
-``unavailable`` (targets whose cell is an infrastructure error, not compared) and per-cell
-``expected``/``reruns``; the top level carries the raw ``observations`` (so shards can be
-merged) and the ``differing_observations``.
+Beyond the required keys of the contract:
+
+- per test: ``attribution`` — null for a consistent test, else
+  ``{"verdict": kernel|userland|arch|kind|ambiguous|unexplained|flaky,
+  "passing": [targets], "failing": [targets], "facts": {fact: {target: value}} (the facts of
+  the separating groups that differ), "explanation": one line, "candidates": [groups that
+  separate the split], "minimal_pairs": [[passing, failing], ...] (targets differing in that
+  group only), "suggestion": the target to add (ambiguous) or null, "kernel_boundary":
+  "fails on kernel ≤ 6.1, passes on ≥ 6.12" or null, "flaky_targets": [targets]}``;
+  ``unavailable`` — targets whose cell is an error of an unavailable/lost target (not compared);
+- per cell: ``expected: true`` when a marker asked for the skip, ``reruns: [outcomes]``;
+- summary: ``by_verdict`` (attribution verdict -> count), ``unavailable_targets``;
+- top level: raw ``observations`` ({test: {name: {target: value}}}, so shards can be merged)
+  and ``differing_observations`` ([{"test", "name", "values": {target: value}}]);
+  ``merged_from`` (a merge) and ``baseline_of`` (a baseline) where they apply.
 """
 
 from __future__ import annotations

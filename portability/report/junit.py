@@ -53,10 +53,13 @@ def add_junit_properties(xml_path: Path, report: Mapping[str, Any]) -> None:
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
     targets: Mapping[str, Any] = report.get("targets", {})
 
-    by_names: dict[tuple[str, str], str] = {}  # (classname suffix, name) -> target
+    by_names: dict[tuple[str, str], str] = {}  # (classname, name) -> target
+    by_name: dict[str, list[tuple[str, str]]] = {}  # name -> [(classname, target)]
     for test in report.get("tests", []):
         for target in test.get("outcomes", {}):
-            by_names[junit_names(_full_nodeid(test["id"], target))] = target
+            classname, name = junit_names(_full_nodeid(test["id"], target))
+            by_names[(classname, name)] = target
+            by_name.setdefault(name, []).append((classname, target))
 
     for suite in suites:
         props = _properties(suite, first=True)
@@ -73,7 +76,7 @@ def add_junit_properties(xml_path: Path, report: Mapping[str, Any]) -> None:
         for case in suite.iter("testcase"):
             case_props = case.find("properties")
             have = {p.get("name"): p.get("value") for p in case_props} if case_props is not None else {}
-            target = have.get(f"{PREFIX}.target") or _match(case, by_names)
+            target = have.get(f"{PREFIX}.target") or _match(case, by_names, by_name)
             if target is None:
                 continue
             info = targets.get(target) or {}
@@ -89,12 +92,13 @@ def add_junit_properties(xml_path: Path, report: Mapping[str, Any]) -> None:
     _write_atomic(tree, xml_path)
 
 
-def _match(case: ET.Element, by_names: Mapping[tuple[str, str], str]) -> str | None:
+def _match(case: ET.Element, by_names: Mapping[tuple[str, str], str],
+           by_name: Mapping[str, list[tuple[str, str]]]) -> str | None:
     classname, name = case.get("classname", ""), case.get("name", "")
     target = by_names.get((classname, name))
-    if target is None and "." in classname:  # junit_prefix / junit_family differences
-        for (cls, n), t in by_names.items():
-            if n == name and classname.endswith("." + cls):
+    if target is None:  # junit_prefix puts a package in front of the classname
+        for cls, t in by_name.get(name, ()):
+            if classname.endswith("." + cls):
                 return t
     return target
 
