@@ -19,7 +19,7 @@ UNICODE = {"passed": "✓", "failed": "✗", "skipped": "s", "error": "E", "xfai
            "arrow": "↳", "ellipsis": "…"}
 ASCII = {"passed": ".", "failed": "F", "skipped": "s", "error": "E", "xfailed": "x",
          "xpassed": "X", "expected": "-", "unavailable": "!", "missing": " ", "flaky": "*",
-         "arrow": "->", "ellipsis": "~"}
+         "arrow": "->", "ellipsis": "..."}
 _COLORS = {"passed": "32", "failed": "31;1", "error": "31;1", "skipped": "33", "xfailed": "33",
            "xpassed": "35", "expected": "2", "unavailable": "35;1", "flaky": "36;1"}
 _LEGEND = (("passed", "passed"), ("failed", "failed"), ("skipped", "skipped"),
@@ -29,7 +29,7 @@ _LEGEND = (("passed", "passed"), ("failed", "failed"), ("skipped", "skipped"),
 _TO_ASCII = str.maketrans({"≤": "<=", "≥": ">=", "→": "->", "…": "..."})
 #: Up to this many tests every row is shown; beyond it consistent rows need -v.
 SHOW_ALL_UP_TO = 50
-_MIN_ID_WIDTH = 24
+_MIN_ID_WIDTH = 40
 
 
 def _ascii_default() -> bool:
@@ -53,11 +53,12 @@ def render_matrix(report: Mapping[str, Any], *, width: int = 120, color: bool = 
         return f"\x1b[{code}m{text}\x1b[0m" if color and code else text
 
     header_full = sum(len(n) + 1 for n in names)
-    numbered = header_full + _MIN_ID_WIDTH > width
+    longest = max((len(t["id"]) for t in tests), default=4)
+    # Names as headers unless they squeeze the test ids below a readable width.
+    numbered = width - header_full - 1 < min(longest, _MIN_ID_WIDTH)
     headers = [str(i + 1) for i in range(len(names))] if numbered else names
     col_widths = [max(len(h), 1) for h in headers]
     cols_total = sum(w + 1 for w in col_widths)
-    longest = max((len(t["id"]) for t in tests), default=4)
     id_width = max(min(longest, width - cols_total - 1), 12)
 
     lines: list[str] = []
@@ -129,11 +130,10 @@ def _short_value(value: Any, limit: int = 40) -> str:
 
 
 def _shorten(text: str, width: int, ellipsis: str) -> str:
+    """Keep the end: the test name and its parameters tell rows apart, the directory does not."""
     if len(text) <= width:
         return text
-    keep = width - len(ellipsis)
-    head = keep // 3  # the end (function name, params) matters more than the directory
-    return text[:head] + ellipsis + text[len(text) - (keep - head):]
+    return ellipsis + text[len(text) - (width - len(ellipsis)):]
 
 
 def _wrap(text: str, width: int, indent: str) -> list[str]:
