@@ -82,6 +82,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "dist", "no") == "load":
         # One worker per target group: each container/VM is started once, not once per worker.
         config.option.dist = "loadgroup"
+    if workerinput and workerinput.get("portability_loadgroup"):
+        # Workers re-parse the original command line (no --dist there); tell xdist's
+        # collection on this worker to group items by their xdist_group mark.
+        config.option.loadgroup = True
     from portability.inside import InsidePlugin
 
     config.pluginmanager.register(InsidePlugin(run), "portability-inside")
@@ -91,6 +95,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_configure_node(node) -> None:
     """xdist controller -> worker: share one session id so labels group the whole run."""
     node.workerinput["portability_session"] = node.config.stash[_RUN].session.id
+    node.workerinput["portability_loadgroup"] = node.config.option.dist == "loadgroup"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -108,7 +113,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         except PortabilityError as exc:
             raise pytest.UsageError(f"{metafunc.definition.nodeid}: @targets: {exc}") from None
         names = [n for n in names if n in allowed]
-    metafunc.parametrize(_PARAM, names, ids=names)
+    # The xdist_group mark keeps each target on one worker under --dist loadgroup (xdist reads
+    # it while collecting on the worker, so it must exist from parametrization on).
+    metafunc.parametrize(_PARAM, [pytest.param(n, id=n, marks=pytest.mark.xdist_group(n))
+                                  for n in names])
 
 
 def pytest_collection_modifyitems(session, config: pytest.Config, items) -> None:
@@ -126,7 +134,6 @@ def pytest_collection_modifyitems(session, config: pytest.Config, items) -> None
                     raise pytest.UsageError(f"{item.nodeid}: @{marker.name}: {exc}") from None
         item.user_properties.append((TARGET_PROP, name))
         item.user_properties.append((TEST_PROP, _base_id(item, name)))
-        item.add_marker(pytest.mark.xdist_group(name))
         if name not in needed:
             needed.append(name)
     run = config.stash[_RUN]

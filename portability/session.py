@@ -20,7 +20,8 @@ OWNER_LABEL = "io.portability.owner"  # "<host>/<pid>/<process start time>"
 
 def _process_start(pid: int) -> str | None:
     try:
-        stat = open(f"/proc/{pid}/stat").read()
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
     except OSError:
         return None
     # Field 22 (starttime); the command name in field 2 may contain spaces, so split after ")".
