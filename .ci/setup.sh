@@ -18,6 +18,7 @@ PACKAGES=(
   debootstrap busybox-static   # building the catalog images (portability/images.py)
   gcc libc6-dev                # the static command agent
   openssh-server openssh-client
+  podman                       # tests/integration/test_podman.py: the Docker-compatible API
   git ca-certificates procps   # procps: pgrep in setup.d scripts and tests
   python3 python3-pip python3-venv
 )

@@ -321,7 +321,9 @@ def _get_image(client, ref: str):
 def _import(client, recipe: Recipe, source: str, tarball: Path) -> str:
     import docker.errors
 
-    changes = recipe.changes() + [f"LABEL {IMAGE_LABEL}={recipe.name} {SOURCE_LABEL}={source}"]
+    # One LABEL per instruction: Podman reads "LABEL a=1 b=2" as a single label a="1 b=2".
+    changes = recipe.changes() + [f"LABEL {IMAGE_LABEL}={recipe.name}",
+                                  f"LABEL {SOURCE_LABEL}={source}"]
     try:
         client.api.import_image(src=str(tarball), repository=recipe.repository, tag=recipe.tag,
                                 changes=changes)
