@@ -464,6 +464,8 @@ class GateResult:
     regressions: tuple[tuple[str, str, str], ...] = ()  # (test, target, outcome now)
     fixed: tuple[str, ...] = ()  # divergent in the baseline, consistent now
     baseline: bool = False
+    #: test id -> its attribution verdict (kernel, userland, flaky, ...), for the message
+    why: Mapping[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out: list[str] = []
@@ -471,7 +473,7 @@ class GateResult:
         if failing:
             word = "new divergence" if self.baseline else "undeclared divergence"
             out.append(f"portability gate: {len(failing)} {word}{'s' if len(failing) != 1 else ''}:")
-            out += [f"  {t}" for t in failing]
+            out += [f"  {t}" + (f" ({self.why[t]})" if t in self.why else "") for t in failing]
         if self.regressions:
             out.append(f"portability gate: {len(self.regressions)} regression"
                        f"{'s' if len(self.regressions) != 1 else ''} (passed in the baseline):")
@@ -491,8 +493,10 @@ def gate(report: Mapping[str, Any], baseline: Mapping[str, Any] | None = None) -
     divergences). With one, only new divergences and regressions do: a cell that passed in the
     baseline and now fails or errors (on a ready target, not by a marker's request)."""
     divergent = tuple(t["id"] for t in report.get("tests", []) if t.get("verdict") == "divergent")
+    why = {t["id"]: t["attribution"]["verdict"] for t in report.get("tests", [])
+           if t.get("verdict") == "divergent" and t.get("attribution")}
     if baseline is None:
-        return GateResult(ok=not divergent, divergent=divergent)
+        return GateResult(ok=not divergent, divergent=divergent, why=why)
     before = {t["id"]: t for t in baseline.get("tests", [])}
     new = tuple(t for t in divergent if before.get(t, {}).get("verdict") != "divergent")
     known = tuple(t for t in divergent if t not in new)
@@ -513,4 +517,4 @@ def gate(report: Mapping[str, Any], baseline: Mapping[str, Any] | None = None) -
                 regressions.append((test["id"], target, cell["outcome"]))
     return GateResult(ok=not new and not regressions, divergent=divergent, new_divergences=new,
                       known_divergences=known, regressions=tuple(regressions), fixed=fixed,
-                      baseline=True)
+                      baseline=True, why=why)

@@ -268,7 +268,9 @@ def test_gate_without_baseline_fails_on_any_divergence():
     assert gate(clean).ok
     dirty = _report([("a", "consistent", {"local": "passed", "debian-12": "passed"}),
                      ("b", "divergent", {"local": "passed", "debian-12": "failed"})])
+    dirty["tests"][1]["attribution"] = {"verdict": "kind"}
     result = gate(dirty)
+    assert "  b (kind)" in result.lines()
     assert not result.ok
     assert result.divergent == ("b",)
     assert any("undeclared divergence" in line for line in result.lines())
