@@ -33,14 +33,13 @@ from portability.analysis import (
     attribute,
     build_rows,
     differing_observations,
+    unavailable_cells,
     verdict,
 )
 from portability.errors import ConfigError
 
 SCHEMA = "portability-report/1"
 _TARGET_KEYS = ("kind", "status", "error", "facts")
-_FACT_KEYS = ("kernel_release", "arch", "os_id", "os_version_id", "libc", "libc_version",
-              "python", "virtualization", "shares_host_kernel")
 
 
 def build_report(*, session: str, created: str, targets: Sequence[TargetInfo],
@@ -63,8 +62,7 @@ def build_report(*, session: str, created: str, targets: Sequence[TargetInfo],
         attribution = attribute(row, infos) if v == "divergent" else None
         if attribution is not None:
             by_verdict[attribution.verdict] = by_verdict.get(attribution.verdict, 0) + 1
-        unavailable = [n for n, c in row.cells.items()
-                       if c.outcome == "error" and infos[n].status != "ready"]
+        unavailable = unavailable_cells(row, infos)
         tests.append({
             "id": row.test_id,
             "outcomes": {name: _cell_dict(cell) for name, cell in row.cells.items()},

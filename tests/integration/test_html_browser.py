@@ -14,7 +14,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
