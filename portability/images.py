@@ -217,6 +217,11 @@ def build(name: str, *, client=None, force: bool = False, progress: Progress = p
 def build_recipe(recipe: Recipe, *, client=None, force: bool = False,
                  progress: Progress = print) -> str:
     """``build`` for a recipe outside the catalog (e.g. a catalog recipe under another name)."""
+    with _sigterm_as_interrupt():
+        return _build_recipe(recipe, client=client, force=force, progress=progress)
+
+
+def _build_recipe(recipe: Recipe, *, client, force: bool, progress: Progress) -> str:
     client = client or _client()
     source = recipe.source_hash()
     previous = _get_image(client, recipe.name)
@@ -240,10 +245,35 @@ def build_recipe(recipe: Recipe, *, client=None, force: bool = False,
     return image_id
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While building, SIGTERM takes the Ctrl-C path, so debootstrap (in a session of its own)
+    is stopped and the scratch dir removed. Only where nobody else handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def ensure(names: Iterable[str], *, client=None, force: bool = False,
            progress: Progress = print, jobs: int = 3) -> dict[str, str]:
     """Build several images, debootstraps in parallel (they wait on the network more than on
     the CPU). Returns {name: image id}; raises the first error after all builds have ended."""
+    with _sigterm_as_interrupt():
+        return _ensure(names, client=client, force=force, progress=progress, jobs=jobs)
+
+
+def _ensure(names: Iterable[str], *, client, force: bool, progress: Progress,
+            jobs: int) -> dict[str, str]:
     recipes = list(dict.fromkeys(resolve(n) for n in names))
     client = client or _client()
 
@@ -652,10 +682,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m portability.images`` — the same commands without the ``portability`` CLI."""
     import sys
 
-    def _terminate(signum, frame):
-        raise KeyboardInterrupt  # same orderly clean-up as Ctrl-C
-
-    signal.signal(signal.SIGTERM, _terminate)
     parser = argparse.ArgumentParser(prog="python -m portability.images")
     images = register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["images", *(sys.argv[1:] if argv is None else argv)])

@@ -301,9 +301,10 @@ def test_scratch_removal_never_deletes_through_a_mount(tmp_path):
 
 
 @pytest.mark.integration
-def test_interrupted_debootstrap_leaves_nothing_behind(tmp_path):
-    """SIGINT to a real `images build` while debootstrap runs: exit 130, no scratch dir,
-    no mount, no debootstrap process, no tarball."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_debootstrap_leaves_nothing_behind(tmp_path, sig):
+    """Ctrl-C or SIGTERM to a real `portability images build` while debootstrap runs: exit 130,
+    no scratch dir, no mount, no debootstrap process, no tarball."""
     require(os.geteuid() == 0 and shutil.which("debootstrap") is not None,
             "needs root and debootstrap")
     build_dir = tmp_path / "build"
@@ -311,7 +312,7 @@ def test_interrupted_debootstrap_leaves_nothing_behind(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), PORTABILITY_CACHE=str(tmp_path / "cache"),
                PORTABILITY_BUILD_DIR=str(build_dir))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "portability.images", "build", "debian:12", "--force"],
+        [sys.executable, "-m", "portability.cli", "images", "build", "debian:12", "--force"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         # A shell's background job ignores SIGINT; give this one the default handler back.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -323,14 +324,14 @@ def test_interrupted_debootstrap_leaves_nothing_behind(tmp_path):
             time.sleep(0.2)
         assert any(build_dir.glob("*/*")), "debootstrap never started"
         time.sleep(1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, out
-    assert "interrupted" in out and "Traceback" not in out
+    assert "Traceback" not in out
     assert list(build_dir.iterdir()) == []
     assert str(build_dir) not in Path("/proc/self/mountinfo").read_text()
     left = subprocess.run(["pgrep", "-f", f"debootstrap.*{build_dir}"],
