@@ -85,6 +85,11 @@ def run_chromium(chromium: str, profile: Path, *args: str) -> subprocess.Complet
         os.killpg(proc.pid, 9)
         proc.communicate()
         raise
+    finally:
+        try:  # helpers (crashpad, zygote) can outlive the browser by a moment
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
