@@ -76,8 +76,19 @@ def render_html(report: Mapping[str, Any]) -> str:
             "facts": ["" if facts.get(k) is None else str(facts.get(k)) for k in _FACT_COLUMNS],
             "ready_s": (info.get("timings") or {}).get("ready_s"),
         })
+    headers = []
+    for name in targets:
+        info = report.get("targets", {}).get(name) or {}
+        facts = info.get("facts") or {}
+        if facts:
+            tip = (f"{name}: {info.get('kind')}, kernel {facts.get('kernel_release')}, "
+                   f"{facts.get('os_id')} {facts.get('os_version_id') or ''}, "
+                   f"python {facts.get('python') or 'none'}")
+        else:
+            tip = f"{name}: {info.get('kind', '?')}, {info.get('status', '?')}: {info.get('error') or ''}"
+        headers.append({"name": name, "title": tip})
     return _ENV.get_template("report.html.j2").render(
-        report=report, targets=targets, rows=rows, facts_rows=facts_rows,
+        report=report, targets=targets, headers=headers, rows=rows, facts_rows=facts_rows,
         fact_columns=_FACT_COLUMNS, summary=report.get("summary", {}),
         observations=report.get("differing_observations") or [], symbols=UNICODE,
     )

@@ -8,6 +8,7 @@ on its outcome; a target may appear in several shards only with the same facts.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,15 +58,16 @@ def merge(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
                             f"{obs_source[(test_id, name, target)]} and {source}")
                     slot[target] = value
                     obs_source.setdefault((test_id, name, target), source)
-    sessions = sorted({r.get("session", "") for _, r in reports})
+    sessions = list(dict.fromkeys(r.get("session", "") for _, r in reports))
     created = max(str(r.get("created", "")) for _, r in reports)
+    digest = hashlib.sha256("\0".join(sorted(sessions)).encode()).hexdigest()[:12]
     return json_report.build_report(
-        session=sessions[0] if len(sessions) == 1 else "merged-" + "+".join(sessions),
+        session=sessions[0] if len(sessions) == 1 else f"merged-{digest}",
         created=created,
         targets=[info for _, info in targets.values()],
         cells=[cell for _, cell in cells.values()],
         observations=observations,
-        extra={"merged_from": [source for source, _ in reports]},
+        extra={"merged_from": [source for source, _ in reports], "merged_sessions": sessions},
     )
 
 
