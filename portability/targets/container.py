@@ -269,16 +269,18 @@ class ContainerTarget(Target):
             raise TargetLost(self.name, "the container is not running")
         if not self._use_agent:
             return self._exec_docker(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin)
-        for attempt in (1, 2):
-            if self._channel is None or self._channel.closed:
-                self._reconnect()
-            try:
-                return self._channel.run(command, timeout=timeout, env=env,
-                                         cwd=cwd or self.workdir, stdin=stdin)
-            except ChannelClosed as exc:
-                if attempt == 2:
-                    raise TargetLost(self.name, f"the exec stream broke twice: {exc}") from None
-        raise AssertionError("unreachable")
+        if self._channel is None or self._channel.closed:
+            self._reconnect()
+        try:
+            return self._channel.run(command, timeout=timeout, env=env,
+                                     cwd=cwd or self.workdir, stdin=stdin)
+        except ChannelClosed as exc:
+            # Never re-run the command: it may have had effects. Either the container is
+            # gone (TargetLost) or only the agent died: then this command failed like an ssh
+            # command whose connection dropped (rc 255), and the next one reconnects.
+            self._reconnect()
+            return Result(command, 255, b"", f"portability: the exec stream broke during the "
+                          f"command ({exc}); the target reconnected\n".encode())
 
     def _reconnect(self) -> None:
         """The stream broke: either the container is gone (lost) or only the agent died."""

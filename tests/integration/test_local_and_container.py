@@ -110,8 +110,10 @@ def test_killed_container_is_lost_not_hung(started, busybox_image, docker_client
 
 def test_agent_killed_inside_reconnects(started, busybox_image):
     target = started(container(busybox_image))
-    # Kill the serving agent (not PID 1): the target reconnects once and carries on.
-    target.exec("kill -9 $PPID")
+    # Kill the serving agent (not PID 1): that command fails like a dropped ssh connection
+    # (rc 255, never re-run), and the target reconnects and carries on.
+    broken = target.exec("kill -9 $PPID")
+    assert broken.rc == 255 and "exec stream broke" in broken.stderr
     assert target.exec(["echo", "again"]).stdout == "again\n"
 
 
