@@ -42,6 +42,8 @@ class Spec:
     workdir: str | None = None
     #: Extra environment for every command on this target.
     env: Mapping[str, str] = field(default_factory=dict)
+    #: CI runner label this target needs (`portability matrix` puts it into the job matrix).
+    runner: str | None = None
 
 
 @dataclass(frozen=True)
