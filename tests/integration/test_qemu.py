@@ -254,3 +254,36 @@ def _cmdline(proc_dir: Path) -> bytes:
         return (proc_dir / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_plugin_matrix_splits_along_the_kernel(tmp_path):
+    """End to end: pytest --targets=local,kernel-5.10 runs one test on both; the report puts
+    the divergence on the kernel and no VM is left behind."""
+    need_kernel("5.10")
+    (tmp_path / "targets.yaml").write_text(
+        "targets:\n"
+        "  local: {kind: local}\n"
+        '  kernel-5.10: {kind: qemu, kernel: "5.10", accel: tcg}\n'
+    )
+    (tmp_path / "test_kernel.py").write_text(
+        f"FCHMODAT2 = {FCHMODAT2!r}\n"
+        "def test_fchmodat2(target):\n"
+        "    result = target.run(['python3', '-c', FCHMODAT2])\n"
+        "    assert result.rc == 0, 'fchmodat2 is missing (ENOSYS)'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    before = {p for p in Path("/tmp").glob("portability-*-q-*")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
+                           "--targets=local,kernel-5.10", "--portability-json=report.json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr
+    assert "test_fchmodat2[local] PASSED" in out, out
+    assert "test_fchmodat2[kernel-5.10] FAILED" in out, out
+    report = __import__("json").loads((tmp_path / "report.json").read_text())
+    vm_facts = report["targets"]["kernel-5.10"]["facts"]
+    assert vm_facts["kernel_release"].startswith("5.10.") and vm_facts["shares_host_kernel"] is False
+    (test,) = report["tests"]
+    assert test["verdict"] == "divergent" and test["attribution"]["verdict"] == "kernel"
+    new = {p for p in Path("/tmp").glob("portability-*-q-*")} - before
+    assert not new, f"VM temp dirs left behind: {new}"
