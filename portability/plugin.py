@@ -16,6 +16,7 @@ from portability.run import EXPECTED_PROP, OBSERVE_PROP, TARGET_PROP, TEST_PROP,
 _RUN = pytest.StashKey["PortabilityRun"]()
 _REPORT = pytest.StashKey[object]()
 _GATE = pytest.StashKey[object]()
+_PROGRESS = pytest.StashKey["_ProgressLines"]()
 #: Exit status when the portability gate fails (pytest itself uses 0-5).
 GATE_EXIT = 8
 _PARAM = "_portability_target"
@@ -71,14 +72,16 @@ def pytest_configure(config: pytest.Config) -> None:
     except PortabilityError as exc:
         raise pytest.UsageError(str(exc)) from None
     workerinput = getattr(config, "workerinput", None)
+    progress = _ProgressLines(config)
     run = PortabilityRun(
         targets_config,
         selection,
         session_id=workerinput.get("portability_session") if workerinput else None,
         keep=config.getoption("portability_keep"),
-        progress=_progress_printer(config),
+        progress=progress,
     )
     config.stash[_RUN] = run
+    config.stash[_PROGRESS] = progress
     if getattr(config.option, "dist", "no") == "load":
         # One worker per target group: each container/VM is started once, not once per worker.
         config.option.dist = "loadgroup"
@@ -160,14 +163,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if not _testinfra_hosts_given(session.config):
         session.config.pluginmanager.register(_HostFixture(), "portability-host")
     if not hasattr(session.config, "workerinput"):
-        session.config.pluginmanager.register(_Recorder(run), "portability-recorder")
+        session.config.pluginmanager.register(_Recorder(run, session.config.stash[_PROGRESS]),
+                                              "portability-recorder")
 
 
 class _Recorder:
-    def __init__(self, run):
+    def __init__(self, run, progress):
         self.run = run
+        self.progress = progress
 
     def pytest_runtest_logreport(self, report):
+        self.progress.flush()
         self.run.record(report)
 
 
@@ -241,6 +247,7 @@ def _gate(config, report):
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return
+    config.stash[_PROGRESS].flush()
     report = config.stash.get(_REPORT, None)
     if not report or not report.get("tests"):
         return
@@ -367,21 +374,48 @@ def _is_xdist_controller(config) -> bool:
         config.pluginmanager.hasplugin("dsession")
 
 
-def _progress_printer(config):
-    lock = threading.Lock()
+def _facts_summary(facts) -> str:
+    if facts is None:
+        return "no facts"
+    userland = " ".join(filter(None, [facts.os_id, facts.os_version_id])) or "unknown OS"
+    libc = f"{facts.libc} {facts.libc_version}" if facts.libc else "no glibc/musl found"
+    python = f"python {facts.python}" if facts.python else "no python"
+    kernel = f"kernel {facts.kernel_release}" + (" (the host's)" if facts.shares_host_kernel else "")
+    return f"{facts.virtualization}, {userland}, {libc}, {python}, {kernel}, {facts.arch}"
 
-    def progress(name: str, message: str, elapsed: float) -> None:
-        if config.getoption("verbose") < 0 or hasattr(config, "workerinput"):
+
+class _ProgressLines:
+    """Target bring-up events, printed by the main thread between tests.
+
+    Bring-up runs on background threads while pytest captures output around tests, so the
+    lines are queued and written from reporting hooks, where output goes to the terminal.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str, message: str, elapsed: float) -> None:
+        if self._config.getoption("verbose") < 0 or hasattr(self._config, "workerinput"):
             return
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
         text = f"portability: {name}: {message}" + (f" ({elapsed:.1f} s)" if elapsed else "")
-        with lock:
-            if reporter is not None:
-                reporter.write_line(text)
-            else:
-                print(text, file=sys.stderr)
+        if message == "ready":
+            text += f" — {_facts_summary(self._config.stash[_RUN].pool.states[name].facts)}"
+        with self._lock:
+            self._pending.append(text)
 
-    return progress
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._pending = self._pending, []
+        if not lines:
+            return
+        reporter = self._config.pluginmanager.get_plugin("terminalreporter")
+        for line in lines:
+            if reporter is not None:
+                reporter.write_line(line)
+            else:
+                print(line, file=sys.stderr)
 
 
 def _terminate_as_interrupt() -> None:

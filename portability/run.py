@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -106,17 +104,17 @@ class PortabilityRun:
     def record(self, report) -> None:
         """pytest_runtest_logreport, on the controller (or a serial run)."""
         props = dict(report.user_properties)
-        target = props.get(TARGET_PROP)
-        if target is None:
-            return
+        target, test_id = props.get(TARGET_PROP), props.get(TEST_PROP)
+        if target is None or test_id is None:
+            return  # not one of our items (a user may record a property of the same name)
         for key, value in report.user_properties:
             if key == STATE_PROP:
                 state = json.loads(value)
                 self.remote_states[state["name"]] = state
             elif key == OBSERVE_PROP:
                 name, observed = json.loads(value)
-                self.observations.setdefault(props[TEST_PROP], {}).setdefault(name, {})[target] = observed
-        key = (props[TEST_PROP], target)
+                self.observations.setdefault(test_id, {}).setdefault(name, {})[target] = observed
+        key = (test_id, target)
         if key not in self._phases:
             self._phases[key] = {}
             self._order.append(key)
@@ -183,20 +181,9 @@ class PortabilityRun:
 
     def write_html(self, path: Path, report: dict) -> None:
         from portability.report.html import render_html
+        from portability.report.json_report import write_text_atomic
 
-        _write_text_atomic(path, render_html(report))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        write_text_atomic(path, render_html(report))
 
 
 def _state_dict(state: TargetState) -> dict[str, Any]:
