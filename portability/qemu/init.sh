@@ -13,11 +13,15 @@ mount -t devtmpfs dev /dev 2>/dev/null
 ROOT=host
 PORT=agent
 NAME=portability-vm
+P9OPTS=
+OVERLAY=1
 for x in $(cat /proc/cmdline); do
     case "$x" in
         portability.root=*) ROOT=${x#portability.root=} ;;    # host | image | none
         portability.port=*) PORT=${x#portability.port=} ;;
         portability.hostname=*) NAME=${x#portability.hostname=} ;;
+        portability.9p=*) P9OPTS=${x#portability.9p=} ;;       # extra 9p mount options
+        portability.overlay=0) OVERLAY= ;;                     # read-only root, tmpfs /tmp
         portability.debug) set -x ;;
     esac
 done
@@ -62,7 +66,7 @@ fi
 
 case "$ROOT" in
     host)
-        mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose hostroot /lower \
+        mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose${P9OPTS:+,$P9OPTS} hostroot /lower \
             || fail "mounting the host root over 9p failed (kernel without 9p/9pnet_virtio?)" ;;
     image)
         i=0
@@ -74,10 +78,15 @@ case "$ROOT" in
         fail "unknown portability.root=$ROOT" ;;
 esac
 
-mount -t tmpfs -o mode=755 overlay-rw /rw
-mkdir -p /rw/upper /rw/work
-mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot \
-    || fail "overlay mount failed (kernel without overlayfs?)"
+if [ -n "$OVERLAY" ]; then
+    mount -t tmpfs -o mode=755 overlay-rw /rw
+    mkdir -p /rw/upper /rw/work
+    mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot \
+        || fail "overlay mount failed (kernel without overlayfs?)"
+else
+    mount --move /lower /newroot
+    mount -t tmpfs -o mode=1777 tmp /newroot/tmp
+fi
 
 for d in proc sys dev; do
     mkdir -p "/newroot/$d" 2>/dev/null

@@ -27,6 +27,8 @@ from portability.targets.qemu import QemuSpec, QemuTarget, probe_accel, qemu_bin
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+#: Unique per test process, so leftover checks never see another run's VMs.
+SESSION = f"test-qemu-{os.getpid()}"
 
 #: fchmodat2 (syscall 452, Linux 6.6): ENOENT for a missing path where it exists, ENOSYS before.
 FCHMODAT2 = (
@@ -45,7 +47,7 @@ def need_kernel(series: str) -> None:
 
 def vm(name: str = "vm", **options) -> QemuTarget:
     options.setdefault("accel", "tcg")
-    return QemuTarget(QemuSpec(name=name, **options), session="test-qemu", base_dir=REPO)
+    return QemuTarget(QemuSpec(name=name, **options), session=SESSION, base_dir=REPO)
 
 
 def leftovers(target_dir: Path | None, pid: int | None) -> list[str]:
@@ -76,7 +78,7 @@ def test_exec_contract(vm612, tmp_path):
 
 def test_facts_show_the_guest_kernel_and_the_host_userland(vm612):
     guest = facts.probe(vm612)
-    local = LocalTarget(LocalSpec(name="local"), session="test-qemu", base_dir=REPO)
+    local = LocalTarget(LocalSpec(name="local"), session=SESSION, base_dir=REPO)
     local.start()
     try:
         host = facts.probe(local)
@@ -116,7 +118,7 @@ def test_copy_entries_land_in_the_workdir(tmp_path):
     (tmp_path / "app" / "run.sh").write_text("echo app-ran\n")
     target = QemuTarget(QemuSpec(name="copy", kernel="6.12", accel="tcg", copy=("app",),
                                  workdir="/srv/app-test"),
-                        session="test-qemu", base_dir=tmp_path)
+                        session=SESSION, base_dir=tmp_path)
     try:
         target.start()
         target.install_copies()
@@ -158,14 +160,16 @@ def test_garbage_kernel_is_unavailable_with_qemu_message(tmp_path):
 
 def test_kernel_panic_is_unavailable_with_console_tail():
     need_kernel("6.12")
-    before = set(Path("/tmp").glob("portability-test-qemu-q-*"))
-    target = vm("panics", kernel="6.12", cmdline="rdinit=/no-such-init loglevel=4")
+    session = f"{SESSION}-panic"
+    target = QemuTarget(QemuSpec(name="panics", kernel="6.12", accel="tcg",
+                                 cmdline="rdinit=/no-such-init loglevel=4"),
+                        session=session, base_dir=REPO)
     with pytest.raises(TargetUnavailable) as info:
         target.start()
     message = str(info.value)
     assert "console:" in message and "Kernel panic" in message, message
     assert "\n" not in message
-    assert set(Path("/tmp").glob("portability-test-qemu-q-*")) <= before
+    assert target.run_dir is None and not list(Path("/tmp").glob(f"portability-{session}-q-*"))
 
 
 def test_unreadable_root_image_is_unavailable_with_init_message(tmp_path):
@@ -272,7 +276,6 @@ def test_plugin_matrix_splits_along_the_kernel(tmp_path):
         "    assert result.rc == 0, 'fchmodat2 is missing (ENOSYS)'\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    before = {p for p in Path("/tmp").glob("portability-*-q-*")}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
                            "--targets=local,kernel-5.10", "--portability-json=report.json"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
@@ -285,5 +288,7 @@ def test_plugin_matrix_splits_along_the_kernel(tmp_path):
     assert vm_facts["kernel_release"].startswith("5.10.") and vm_facts["shares_host_kernel"] is False
     (test,) = report["tests"]
     assert test["verdict"] == "divergent" and test["attribution"]["verdict"] == "kernel"
-    new = {p for p in Path("/tmp").glob("portability-*-q-*")} - before
-    assert not new, f"VM temp dirs left behind: {new}"
+    # Other sessions may run VMs meanwhile: look only for this run's.
+    session = "".join(c for c in report["session"] if c.isalnum() or c == "-")[:40]
+    left = list(Path("/tmp").glob(f"portability-{session}-q-*"))
+    assert not left, f"VM temp dirs left behind: {left}"
