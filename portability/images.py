@@ -184,18 +184,7 @@ def missing_image_hint(name: str) -> str | None:
 
 def exists(name: str, client=None) -> bool:
     """Whether the engine has the image (whatever its source label says)."""
-    recipe = resolve(name)
-    client = client or _client()
-    import docker.errors
-
-    try:
-        client.images.get(recipe.name)
-    except docker.errors.ImageNotFound:
-        return False
-    except docker.errors.DockerException as exc:
-        raise PortabilityError(f"cannot query the Docker Engine for {recipe.name}: "
-                               f"{_first_line(exc)}") from None
-    return True
+    return _get_image(client or _client(), resolve(name).name) is not None
 
 
 def status(name: str, client=None) -> str:
