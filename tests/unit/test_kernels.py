@@ -249,6 +249,8 @@ def test_spec_validation_names_the_key():
     assert "memory" in QemuSpec(name="q", kernel="6.1", memory="lots").validate()
     assert "cpus" in QemuSpec(name="q", kernel="6.1", cpus=0).validate()
     assert "boot_timeout" in QemuSpec(name="q", kernel="6.1", boot_timeout=0).validate()
+    assert "disk image" in QemuSpec(name="q", kernel="6.1", snapshot=True).validate()
+    assert QemuSpec(name="q", kernel="6.1", snapshot=True, rootfs="root.ext4").validate() is None
 
 
 def test_missing_qemu_is_unavailable_with_install_hint(monkeypatch, tmp_path):
@@ -276,6 +278,15 @@ def test_qemu_command_line_has_no_network_and_a_read_only_root(tmp_path):
     assert "portability.hostname=kernel-6-1" in append
     image = target.qemu_argv("qemu", Path("/k"), Path("/i"), "image", Path("/img,x.ext4"))
     assert "file=/img,,x.ext4,format=raw,if=virtio,readonly=on" in image
+
+
+def test_snapshot_machines_get_a_qmp_socket(tmp_path):
+    target = QemuTarget(QemuSpec(name="s", kernel="6.1", rootfs="r.img", snapshot=True),
+                        session="t", base_dir=tmp_path)
+    target._dir = tmp_path
+    target.accel = "tcg"
+    argv = target.qemu_argv("qemu", Path("/k"), Path("/i"), "image", Path("/r.img"))
+    assert f"unix:{tmp_path / 'qmp.sock'},server=on,wait=off" in argv
 
 
 def test_probe_bios_reset_vector_writes_to_the_serial_port():
