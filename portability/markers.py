@@ -199,3 +199,41 @@ def declared_expectation(marker: str, args: tuple, kwargs: Mapping[str, Any]) ->
         raise ValueError(f"not an expectation marker: {marker!r} (use kernel or userland)")
     check_criteria(criteria)
     return criteria, reason
+
+
+# -- the plugin's fact markers ---------------------------------------------------------------
+
+#: Markers whose decision depends on a target's facts.
+FACT_MARKERS = ("skip_on", "only_on", "kernel", "userland")
+
+
+def marker_criteria(name: str, args: tuple, kwargs: Mapping[str, Any]) -> tuple[dict, str | None]:
+    """(criteria, reason) of a fact marker; ValueError when it is malformed."""
+    if name in ("kernel", "userland"):
+        return declared_expectation(name, args, kwargs)
+    criteria = dict(kwargs)
+    reason = criteria.pop("reason", None)
+    check_criteria(criteria)
+    return criteria, reason
+
+
+def skip_decision(markers: Iterable[tuple[str, tuple, Mapping[str, Any]]],
+                  facts: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Whether fact markers skip a test on a target with these facts: (marker, reason) or None.
+
+    ``skip_on`` skips where the facts match; ``only_on`` where they do not; ``kernel`` and
+    ``userland`` declare where the test is expected to pass, so elsewhere it is skipped as an
+    expected divergence rather than reported as a failure.
+    """
+    for name, args, kwargs in markers:
+        criteria, reason = marker_criteria(name, args, kwargs)
+        matched = facts_match(facts, criteria)
+        if name == "skip_on" and matched:
+            text = f"skip_on {describe(criteria)}"
+        elif name != "skip_on" and not matched:
+            word = "only_on" if name == "only_on" else "expected divergence: needs"
+            text = f"{word} {describe(criteria)}"
+        else:
+            continue
+        return name, f"{text}{f' ({reason})' if reason else ''}"
+    return None

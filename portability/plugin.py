@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from portability.errors import PortabilityError, TargetLost, TargetUnavailable
+from portability.markers import FACT_MARKERS, marker_criteria, skip_decision
+from portability.progress import ProgressLines
 from portability.run import EXPECTED_PROP, OBSERVE_PROP, TARGET_PROP, TEST_PROP, PortabilityRun
 
 _RUN = pytest.StashKey["PortabilityRun"]()
 _REPORT = pytest.StashKey[object]()
 _GATE = pytest.StashKey[object]()
-_PROGRESS = pytest.StashKey["_ProgressLines"]()
+_PROGRESS = pytest.StashKey["ProgressLines"]()
 #: Exit status when the portability gate fails (pytest itself uses 0-5).
 GATE_EXIT = 8
 _PARAM = "_portability_target"
@@ -72,7 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except PortabilityError as exc:
         raise pytest.UsageError(str(exc)) from None
     workerinput = getattr(config, "workerinput", None)
-    progress = _ProgressLines(config)
+    progress = ProgressLines(config, lambda name: config.stash[_RUN].pool.states[name].facts)
     run = PortabilityRun(
         targets_config,
         selection,
@@ -130,9 +132,9 @@ def pytest_collection_modifyitems(session, config: pytest.Config, items) -> None
             continue
         name = callspec.params[_PARAM]
         for marker in item.iter_markers():
-            if marker.name in _FACT_MARKERS:
+            if marker.name in FACT_MARKERS:
                 try:
-                    _marker_criteria(marker)
+                    marker_criteria(marker.name, marker.args, marker.kwargs)
                 except ValueError as exc:
                     raise pytest.UsageError(f"{item.nodeid}: @{marker.name}: {exc}") from None
         item.user_properties.append((TARGET_PROP, name))
@@ -304,41 +306,18 @@ class _HostFixture:
         return target.host
 
 
-_FACT_MARKERS = ("skip_on", "only_on", "kernel", "userland")
-
-
-def _marker_criteria(marker) -> tuple[dict, str | None]:
-    """(criteria, reason) of a fact marker; ValueError when it is malformed."""
-    from portability.markers import check_criteria, declared_expectation
-
-    if marker.name in ("kernel", "userland"):
-        return declared_expectation(marker.name, marker.args, marker.kwargs)
-    criteria = dict(marker.kwargs)
-    reason = criteria.pop("reason", None)
-    check_criteria(criteria)
-    return criteria, reason
-
-
 def _apply_fact_markers(request, handle) -> None:
     """skip_on/only_on select targets; kernel/userland declare expected divergences."""
-    from portability.markers import describe, facts_match
-
-    markers = [m for m in request.node.iter_markers() if m.name in _FACT_MARKERS]
+    markers = [(m.name, m.args, m.kwargs) for m in request.node.iter_markers()
+               if m.name in FACT_MARKERS]
     if not markers:
         return
     facts = {**handle.facts.as_dict(), "kind": handle.kind, "name": handle.name}
-    for marker in markers:
-        criteria, reason = _marker_criteria(marker)  # validated at collection
-        matched = facts_match(facts, criteria)
-        if marker.name == "skip_on" and matched:
-            text = f"skip_on {describe(criteria)}"
-        elif marker.name != "skip_on" and not matched:
-            word = "only_on" if marker.name == "only_on" else "expected divergence: needs"
-            text = f"{word} {describe(criteria)}"
-        else:
-            continue
-        request.node.user_properties.append((EXPECTED_PROP, marker.name))
-        pytest.skip(f"{text}{f' ({reason})' if reason else ''} on {handle.name}")
+    decision = skip_decision(markers, facts)
+    if decision is not None:
+        marker_name, reason = decision
+        request.node.user_properties.append((EXPECTED_PROP, marker_name))
+        pytest.skip(f"{reason} on {handle.name}")
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -372,50 +351,6 @@ def _testinfra_hosts_given(config) -> bool:
 def _is_xdist_controller(config) -> bool:
     return getattr(config.option, "numprocesses", None) not in (None, 0) and \
         config.pluginmanager.hasplugin("dsession")
-
-
-def _facts_summary(facts) -> str:
-    if facts is None:
-        return "no facts"
-    userland = " ".join(filter(None, [facts.os_id, facts.os_version_id])) or "unknown OS"
-    libc = f"{facts.libc} {facts.libc_version}" if facts.libc else "no glibc/musl found"
-    python = f"python {facts.python}" if facts.python else "no python"
-    kernel = f"kernel {facts.kernel_release}" + (" (the host's)" if facts.shares_host_kernel else "")
-    return f"{facts.virtualization}, {userland}, {libc}, {python}, {kernel}, {facts.arch}"
-
-
-class _ProgressLines:
-    """Target bring-up events, printed by the main thread between tests.
-
-    Bring-up runs on background threads while pytest captures output around tests, so the
-    lines are queued and written from reporting hooks, where output goes to the terminal.
-    """
-
-    def __init__(self, config):
-        self._config = config
-        self._pending: list[str] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, name: str, message: str, elapsed: float) -> None:
-        if self._config.getoption("verbose") < 0 or hasattr(self._config, "workerinput"):
-            return
-        text = f"portability: {name}: {message}" + (f" ({elapsed:.1f} s)" if elapsed else "")
-        if message == "ready":
-            text += f" — {_facts_summary(self._config.stash[_RUN].pool.states[name].facts)}"
-        with self._lock:
-            self._pending.append(text)
-
-    def flush(self) -> None:
-        with self._lock:
-            lines, self._pending = self._pending, []
-        if not lines:
-            return
-        reporter = self._config.pluginmanager.get_plugin("terminalreporter")
-        for line in lines:
-            if reporter is not None:
-                reporter.write_line(line)
-            else:
-                print(line, file=sys.stderr)
 
 
 def _terminate_as_interrupt() -> None:
