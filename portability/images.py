@@ -212,6 +212,15 @@ def build_recipe(recipe: Recipe, *, client=None, force: bool = False,
 
 def _build_recipe(recipe: Recipe, *, client, force: bool, progress: Progress) -> str:
     client = client or _client()
+    # One build of an image at a time across processes (xdist workers all ensuring the busybox
+    # image): the second one finds it up to date instead of importing a duplicate.
+    lock_name = recipe.name.replace("/", "_").replace(":", "_") + ".build.lock"
+    with open(cache_dir("images") / lock_name, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(recipe, client=client, force=force, progress=progress)
+
+
+def _build_locked(recipe: Recipe, *, client, force: bool, progress: Progress) -> str:
     source = recipe.source_hash()
     previous = _get_image(client, recipe.name)
     if not force and previous is not None \
