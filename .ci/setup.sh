@@ -98,6 +98,7 @@ for script in .ci/setup.d/*.sh; do
 done
 
 # The images bundled targets.yaml and the tests use; cached rootfs tarballs make reruns fast.
-step "images (portability images build --all)" python3 -m portability.images build --all
+# `python3 -m portability.cli` is the `portability` command without relying on PATH/pyenv shims.
+step "images (portability images build --all)" python3 -m portability.cli images build --all
 
 awk -v s="$total_start" -v e="$(now)" 'BEGIN{printf "setup: done in %.0fs\n", e-s}'
