@@ -338,3 +338,16 @@ def test_interrupted_debootstrap_leaves_nothing_behind(tmp_path, sig):
                           capture_output=True, text=True).stdout
     assert left == ""
     assert list((tmp_path / "cache" / "images").glob("*.tar")) == []
+
+
+def test_every_image_of_the_bundled_targets_can_be_built_here():
+    """No registry is reachable: each container image targets.yaml names must be in the catalog."""
+    import yaml
+
+    declared = yaml.safe_load((REPO / "targets.yaml").read_text())["targets"]
+    container_images = [spec["image"] for spec in declared.values()
+                        if isinstance(spec, dict) and spec.get("kind") == "container"
+                        and spec.get("image")]
+    assert container_images
+    for image in container_images:
+        assert images.missing_image_hint(image) is not None, f"{image} has no local recipe"
