@@ -364,7 +364,7 @@ def _import(client, recipe: Recipe, source: str, tarball: Path) -> str:
 
 def _remove_unused(client, image_id: str) -> None:
     """Drop the image a rebuild replaced, unless a container still uses it (then it stays,
-    untagged, until that container is gone: never pull an image from under a running target)."""
+    untagged, until that container is gone: a running target keeps its image)."""
     import docker.errors
 
     with contextlib.suppress(docker.errors.DockerException):
