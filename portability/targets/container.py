@@ -27,6 +27,9 @@ from portability.agent.channel import AgentChannel, ChannelClosed
 from portability.errors import TargetLost, TargetUnavailable
 from portability.targets.base import Command, Result, Spec, Target
 
+#: Images of this namespace are built locally (portability/images.py) and never pulled.
+LOCAL_NAMESPACE = "portability/"
+
 #: PID 1 when the agent cannot be used: keeps the container alive, ends promptly on SIGTERM.
 _SHELL_INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"]
 
@@ -187,13 +190,18 @@ class ContainerTarget(Target):
         image = self.spec.image
         try:
             self._client.images.get(image)
+            return image
         except derr.ImageNotFound:
-            try:
-                self._client.images.pull(image)
-            except derr.DockerException:
-                hint = _missing_image_hint(image)
-                raise TargetUnavailable(self.name, f"image {image} is not present and cannot be "
-                                        f"pulled; {hint}") from None
+            pass
+        if image.startswith(LOCAL_NAMESPACE):
+            # Built here by `portability images build`, never published: do not ask a registry.
+            raise TargetUnavailable(self.name, f"image {image} is not present; "
+                                    f"{_missing_image_hint(image)}")
+        try:
+            self._client.images.pull(image)
+        except derr.DockerException as exc:
+            raise TargetUnavailable(self.name, f"image {image} is not present and pulling it "
+                                    f"failed ({_first_line(exc)}); build or pull it first") from None
         return image
 
     def _build_image(self, derr) -> str:
@@ -403,11 +411,9 @@ def _first_line(exc: object) -> str:
 
 
 def _missing_image_hint(image: str) -> str:
-    try:
-        from portability.images import missing_image_hint
-    except ImportError:
-        return f"build or pull {image} first"
-    return missing_image_hint(image) or f"build or pull {image} first"
+    from portability.images import missing_image_hint
+
+    return missing_image_hint(image) or f"build {image} first"
 
 
 
