@@ -25,6 +25,7 @@ from typing import Mapping
 from portability.agent import REMOTE_PATH, AgentUnavailable, agent_binary
 from portability.agent.channel import AgentChannel, ChannelClosed
 from portability.errors import TargetLost, TargetUnavailable
+from portability.targets import archive
 from portability.targets.base import Command, Result, Spec, Target
 
 #: Images of this namespace are built locally (portability/images.py) and never pulled.
@@ -341,20 +342,19 @@ class ContainerTarget(Target):
 
     def put(self, local: Path, remote: str) -> None:
         local = Path(local)
+        if not local.exists():
+            raise FileNotFoundError(str(local))
         remote = remote.rstrip("/") or "/"
         parent, name = os.path.split(remote)
         mk = self.exec(["mkdir", "-p", parent or "/"], cwd="/")
         if mk.rc != 0:
             raise OSError(f"{self.name}: cannot create {parent}: {mk.stderr.strip()}")
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.add(str(local), arcname=name, filter=_root_owned)
-        self._client.api.put_archive(self._container_id, parent or "/", buf.getvalue())
+        self._client.api.put_archive(self._container_id, parent or "/", archive.pack(local, name))
 
     def get(self, remote: str, local: Path) -> None:
         from docker import errors as derr
 
-        local = Path(local)
+        remote = remote.rstrip("/") or "/"
         try:
             chunks, _stat = self._client.api.get_archive(self._container_id, remote)
         except derr.NotFound:
@@ -363,15 +363,7 @@ class ContainerTarget(Target):
             for chunk in chunks:
                 spool.write(chunk)
             spool.seek(0)
-            with tarfile.open(fileobj=spool) as tar, tempfile.TemporaryDirectory() as tmp:
-                tar.extractall(tmp, filter="tar")
-                extracted = Path(tmp) / os.path.basename(remote.rstrip("/"))
-                local.parent.mkdir(parents=True, exist_ok=True)
-                if local.is_dir() and extracted.is_dir():
-                    import shutil
-                    shutil.copytree(extracted, local, dirs_exist_ok=True, symlinks=True)
-                else:
-                    os.replace(extracted, local)
+            archive.unpack(spool, os.path.basename(remote), Path(local))
 
 
 def _client(engine_url: str | None, *, timeout: int):
@@ -393,12 +385,6 @@ def _agent_tar() -> bytes:
         info.size, info.mode = len(data), 0o755
         tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    return info
 
 
 def _go_arch(machine: str) -> str:
