@@ -30,7 +30,6 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Mapping
 
@@ -196,6 +195,18 @@ class QemuTarget(Target):
                 self._kill_qemu()  # a stale or broken state file: boot cold and save anew
                 state.unlink(missing_ok=True)
                 banner = None
+        if banner is None and self.accel == "kvm" and self.spec.accel == "auto":
+            # KVM passed the probe but may still hang on a real kernel (broken nested
+            # virtualization): give it a short while, then fall back to TCG for good.
+            try:
+                banner = self._boot(argv, timeout=min(self.spec.boot_timeout, _KVM_GRACE_S))
+            except TargetUnavailable:
+                self._kill_qemu()
+                _remember_kvm(False)
+                self.accel = "tcg"
+                argv = self.qemu_argv(qemu, kernel.image, initrd, mode, image)
+                state = self._snapshot_path(argv, [kernel.image, initrd, image]) \
+                    if self.spec.snapshot else None
         if banner is None:
             banner = self._boot(argv, timeout=self.spec.boot_timeout)
             if state is not None:
@@ -585,6 +596,8 @@ def probe_accel(qemu: str, accel: str, timeout: float = 3.0) -> bool:
         bios.write_bytes(_probe_bios())
         argv = [qemu, "-accel", accel, "-M", "pc", "-nodefaults", "-no-user-config",
                 "-display", "none", "-m", "16", "-bios", str(bios), "-serial", "stdio"]
+        if accel == "kvm":
+            argv += ["-cpu", "host"]  # the model real VMs use; nested KVM often fails on it
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
@@ -599,24 +612,40 @@ def probe_accel(qemu: str, accel: str, timeout: float = 3.0) -> bool:
             proc.wait()
 
 
-@lru_cache(maxsize=None)
+_KVM_GRACE_S = 15.0
+_kvm_verdict: dict[str, bool] = {}
+
+
+def _kvm_marker() -> Path:
+    from portability.facts import host_boot_id
+    from portability.paths import cache_dir
+
+    return cache_dir("qemu") / f"kvm-{host_boot_id() or 'unknown'}"
+
+
+def _remember_kvm(works: bool) -> None:
+    _kvm_verdict["verdict"] = works
+    try:
+        _kvm_marker().write_text("yes\n" if works else "no\n")
+    except OSError:
+        pass
+
+
 def kvm_works(qemu: str) -> bool:
     """KVM usable here? Probed once per host boot (the answer is cached on disk)."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
-    from portability.facts import host_boot_id
-    from portability.paths import cache_dir
-
-    marker = cache_dir("qemu") / f"kvm-{host_boot_id() or 'unknown'}"
+    if "verdict" in _kvm_verdict:
+        return _kvm_verdict["verdict"]
     try:
-        return marker.read_text().strip() == "yes"
+        text = _kvm_marker().read_text().strip()
+        if text in ("yes", "no"):
+            _kvm_verdict["verdict"] = text == "yes"
+            return _kvm_verdict["verdict"]
     except OSError:
         pass
     works = probe_accel(qemu, "kvm")
-    try:
-        marker.write_text("yes\n" if works else "no\n")
-    except OSError:
-        pass
+    _remember_kvm(works)
     return works
 
 
