@@ -295,11 +295,24 @@ def _private_apt(base: Path) -> dict[str, str]:
         'Acquire::Languages "none";\n'
         'APT::Architecture "amd64";\n'
         'APT::Architectures { "amd64"; };\n'
+        # As a normal user apt cannot switch to its _apt sandbox user: stay who we are.
+        + ("" if os.geteuid() == 0 else f'APT::Sandbox::User "{_user_name()}";\n')
     )
+    (base / "tmp").mkdir(exist_ok=True)
     env = dict(os.environ)
     env["APT_CONFIG"] = str(base / "apt.conf")
+    env["TMPDIR"] = str(base / "tmp")  # apt-key's temp files; /tmp may not be writable
     env["LC_ALL"] = "C"
     return env
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def _run(argv: list[str], env: dict[str, str], what: str, cwd: Path | None = None) -> str:
