@@ -1,21 +1,147 @@
 """Inside mode: run the application's own tests inside each target (issue 7).
 
-Stub: being written. plugin.py calls ``wants`` from pytest_generate_tests (to parametrize
-tests that do not use the ``target`` fixture) and registers ``InsidePlugin``.
+A test runs *inside* when ``--inside`` is given, when it carries ``@pytest.mark.inside``
+(or a module ``pytestmark``), or when it lies under a path of the ini option
+``portability_inside`` — and it does not use the ``target`` fixture (those are controller
+tests by definition). plugin.py parametrizes such tests over the selected targets; this
+module runs them:
+
+1. per target, in a background thread as soon as the run loop starts: ship the project (the
+   rootdir's ``git ls-files``, or every file outside VCS/caches when not in git) and the
+   in-target half (inside_remote.py) into ``<workdir>/portability-inside``, run the target's
+   ``install:`` commands, make pytest importable (the target's own, else a bundle of pure-Python
+   wheels for the target's Python version), and start pytest there *in the background* on the
+   selected node ids;
+2. the in-target pytest appends one JSON line per report to a results file; the controller
+   reads it incrementally with cheap exec calls (``tail -c +N``), so results stream back while
+   the run progresses, over every kind's plain exec (a VM's serial agent included);
+3. each controller item ``path::test[target]`` replays the in-target reports through the
+   normal ``pytest_runtest_logreport`` hook: terminal, JUnit, the matrix, ``-x``/``--maxfail``
+   and the gate see them like any other test.
+
+Why not execnet: it needs an interactive stdin/stdout pipe to a Python process in the target,
+which the target protocol does not offer (``exec`` returns at the end; a VM's only channel is
+the agent's request/response stream). The results-file approach needs nothing but ``exec``,
+and the report format is the one pytest-xdist ships (``pytest_report_to_serializable``).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 import pytest
+
+from portability.errors import PortabilityError, TargetLost, TargetUnavailable
+
+_PARAM = "_portability_target"
+TARGET_PROP = "portability.target"
+TEST_PROP = "portability.test"
+EXPECTED_PROP = "portability.expected"
+#: The directory under the target's workdir that inside mode owns (removed at the end).
+REMOTE_DIR = "portability-inside"
+REMOTE_MODULE = "_portability_inside"
+_INSIDE = pytest.StashKey[str]()
+_PROBE = ("import sys, platform\n"
+          "print(platform.python_version())\n"
+          "try:\n    import pytest\n    print(pytest.__version__)\n"
+          "except Exception:\n    print('')\n")
+#: Files never shipped when the rootdir is not a git repository.
+_SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", ".pytest_cache", ".mypy_cache", ".tox",
+              ".nox", ".venv", "venv", "node_modules", ".eggs", "build", "dist"}
+_MAX_SILENCE_S = 2.0
+_bundle_lock = threading.Lock()
 
 
 def addoption(group, parser) -> None:
     """Add inside-mode options to the plugin's option group."""
+    group.addoption("--inside", action="store_true", dest="portability_inside",
+                    help="run every collected test (that does not use the `target` fixture) "
+                         "inside each target, with the target's kernel, libc and Python")
+    group.addoption("--inside-args", dest="portability_inside_args", default="", metavar="ARGS",
+                    help="extra arguments for the in-target pytest (one shell-quoted string)")
+    parser.addini("portability_inside", "paths whose tests run inside each target "
+                  "(relative to the ini file)", type="paths", default=[])
 
 
 def wants(definition: pytest.Function, config: pytest.Config) -> bool:
     """Whether this test function runs inside each target instead of on the controller."""
+    if config.getoption("portability_inside", False):
+        return True
+    if definition.get_closest_marker("inside") is not None:
+        return True
+    paths = config.getini("portability_inside")
+    if paths:
+        here = Path(definition.path).resolve()
+        for path in paths:
+            root = Path(path).resolve()
+            if here == root or root in here.parents:
+                return True
     return False
+
+
+# -- per-target state ------------------------------------------------------------------------
+
+class _Unusable(Exception):
+    """The target cannot run inside-mode tests; the message is the one-line reason."""
+
+
+@dataclass
+class _Prepared:
+    """A target made ready once per session: project shipped, pytest importable."""
+
+    handle: Any
+    python: str
+    root: str
+    pythonpath: list[str]
+    python_version: str
+    pytest_version: str
+
+
+@dataclass
+class _Run:
+    """One in-target pytest run (the main pass, or a rerun of divergent tests)."""
+
+    target: str
+    number: int
+    nodeids: list[str]
+    launched: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    error: str | None = None
+    prepared: _Prepared | None = None
+    pid: int | None = None
+    offset: int = 0
+    partial: bytes = b""
+    reports: dict[str, list[dict]] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+    current: str | None = None
+    collected: set[str] | None = None
+    collect_errors: dict[str, dict] = field(default_factory=dict)
+    exit_rc: int | None = None
+    exit_error: str | None = None
+    ended: bool = False
+    internal: str | None = None
+    last_progress: float = field(default_factory=time.monotonic)
+    stopped: bool = False
+
+    @property
+    def results(self) -> str:
+        return f"{self.prepared.root}/results-{self.number}.jsonl"
+
+    @property
+    def log(self) -> str:
+        return f"{self.prepared.root}/pytest-{self.number}.log"
 
 
 class InsidePlugin:
@@ -23,3 +149,811 @@ class InsidePlugin:
 
     def __init__(self, run):
         self.run = run
+        self.config: pytest.Config | None = None
+        self._lock = threading.Lock()
+        self._prepared: dict[str, threading.Event] = {}
+        self._prepare_result: dict[str, _Prepared | str] = {}
+        self._runs: dict[str, _Run] = {}  # the main pass, per target
+        self._all_runs: list[_Run] = []
+        self._numbers = 0
+        self._cancelled = False
+        self._stage: Path | None = None
+        self._hidden: list | None = None
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        self.config = config
+        config.addinivalue_line("markers", "inside: run this test inside each target "
+                                           "(pytest-portability inside mode)")
+        # pluggy takes one implementation of a hook per plugin object: the inner run-loop
+        # wrapper lives on a companion.
+        config.pluginmanager.register(_InnerLoop(self), "portability-inside-loop")
+
+    def pytest_collection_modifyitems(self, session, config, items) -> None:
+        for item in items:
+            callspec = getattr(item, "callspec", None)
+            if callspec is None or _PARAM not in callspec.params:
+                continue
+            if "target" in item.fixturenames:
+                continue  # a controller test that drives the target
+            item.stash[_INSIDE] = callspec.params[_PARAM]
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtestloop(self, session):
+        """Outermost: give plugin.py's rerun loop back the items hidden from it (see below)."""
+        try:
+            return (yield)
+        finally:
+            if self._hidden is not None:
+                session.items = self._hidden
+                self._hidden = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        name = item.stash.get(_INSIDE, None)
+        if name is None:
+            return None
+        ihook = item.ihook
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        for report in self._reports_for(item, name):
+            ihook.pytest_runtest_logreport(report=report)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return True
+
+    def pytest_sessionfinish(self, session) -> None:
+        self.cleanup()
+
+    def pytest_unconfigure(self, config) -> None:
+        self.cleanup()
+
+    # -- the main pass -----------------------------------------------------------------------
+
+    def start(self, items) -> None:
+        """Launch one in-target run per target for its inside items (in the background)."""
+        per_target: dict[str, list] = {}
+        for item in items:
+            name = item.stash.get(_INSIDE, None)
+            if name is not None:
+                per_target.setdefault(name, []).append(item)
+        for name, target_items in per_target.items():
+            with self._lock:
+                if name in self._runs:
+                    continue
+                run = self._new_run(name, [])
+                self._runs[name] = run
+            run.nodeids = [_base_id(item) for item in target_items]
+            threading.Thread(target=self._launch, args=(run, target_items), daemon=True,
+                             name=f"portability-inside-{name}").start()
+
+    def _new_run(self, name: str, nodeids: list[str]) -> _Run:
+        self._numbers += 1
+        run = _Run(target=name, number=self._numbers, nodeids=nodeids)
+        self._all_runs.append(run)
+        return run
+
+    def _reports_for(self, item, name: str) -> list:
+        run = self._runs.get(name)
+        if run is None:  # not started by the run loop (xdist worker, or a late item)
+            self.start([i for i in item.session.items if i.stash.get(_INSIDE, None) == name])
+            run = self._runs[name]
+        base = _base_id(item)
+        expected = self._expected_skip(run, item)
+        if expected is not None:
+            return expected
+        _wait(run.launched)
+        if run.error is not None:
+            return self._error_reports(item, name, run.error)
+        reports = self._wait_for(run, base)
+        if reports is None:
+            return self._error_reports(item, name, self._missing_reason(run, base))
+        return [self._convert(item, name, run, data) for data in reports]
+
+    def _expected_skip(self, run: _Run, item) -> list | None:
+        """The fact markers (kernel/userland/skip_on/only_on) decided on the controller."""
+        from portability.markers import FACT_MARKERS
+
+        if not any(m.name in FACT_MARKERS for m in item.iter_markers()):
+            return None
+        _wait(run.launched)
+        prepared = run.prepared
+        handle = prepared.handle if prepared else None
+        if handle is None:
+            return None
+        reason = _fact_skip(item, handle)
+        if reason is None:
+            return None
+        props = [*item.user_properties, (EXPECTED_PROP, reason[0])]
+        return _synthetic(item, "skipped", f"Skipped: {reason[1]}", props, self.run, run.target)
+
+    def _launch(self, run: _Run, items) -> None:
+        try:
+            prepared = self._prepare(run.target, items)
+            run.prepared = prepared
+            # Tests skipped by fact markers never run inside.
+            nodeids = [_base_id(i) for i in items if _fact_skip(i, prepared.handle) is None]
+            run.nodeids = nodeids
+            if nodeids:
+                self._start_run(run)
+            else:
+                run.ended = True
+        except _Unusable as exc:
+            run.error = str(exc)
+        except (TargetUnavailable, TargetLost) as exc:
+            run.error = str(exc)
+        except (PortabilityError, OSError) as exc:
+            run.error = f"{run.target}: inside mode: {_first_line(exc)}"
+        except Exception as exc:  # noqa: BLE001 — a bug must error these tests, not hang them
+            run.error = f"{run.target}: inside mode: {type(exc).__name__}: {_first_line(exc)}"
+        finally:
+            run.launched.set()
+
+    def _prepare(self, name: str, items) -> _Prepared:
+        with self._lock:
+            event = self._prepared.get(name)
+            owner = event is None
+            if owner:
+                event = self._prepared[name] = threading.Event()
+        if not owner:
+            _wait(event)
+        else:
+            try:
+                self._prepare_result[name] = self._do_prepare(name)
+            except _Unusable as exc:
+                self._prepare_result[name] = str(exc)
+            except (TargetUnavailable, TargetLost) as exc:
+                self._prepare_result[name] = str(exc)
+            finally:
+                event.set()
+        result = self._prepare_result.get(name)
+        if isinstance(result, _Prepared):
+            return result
+        raise _Unusable(result or f"{name}: inside mode: preparation failed")
+
+    def _do_prepare(self, name: str) -> _Prepared:
+        handle = self.run.handle(name)
+        spec = handle.spec
+        python = getattr(spec, "python", None) or (sys.executable if handle.kind == "local"
+                                                    else "python3")
+        root = handle.path(REMOTE_DIR)
+        handle.exec(["rm", "-rf", root], cwd="/", timeout=120)
+        probe = handle.exec([python, "-c", _PROBE], cwd="/", timeout=120)
+        if probe.rc != 0:
+            detail = _first_line(probe.stderr) or f"exit {probe.rc}"
+            raise _Unusable(f"{name}: inside mode needs Python in the target, but `{python}` "
+                            f"did not run ({detail}); set `python:` for this target in "
+                            f"targets.yaml or use an image with Python")
+        lines = probe.stdout.splitlines() + ["", ""]
+        version, pytest_version = lines[0].strip(), lines[1].strip()
+        handle.put(self._staged_project(), f"{root}/project")
+        handle.put(Path(__file__).with_name("inside_remote.py"), f"{root}/{REMOTE_MODULE}.py")
+        project = f"{root}/project"
+        for command in getattr(spec, "install", None) or ():
+            result = handle.exec(command, cwd=project, timeout=1800)
+            if result.rc != 0:
+                what = "timed out" if result.timed_out else f"exited {result.rc}"
+                detail = _first_line(result.stderr) or _first_line(result.stdout)
+                raise _Unusable(f"{name}: install command `{command}` {what}"
+                                f"{': ' + detail if detail else ''} ({spec.source}: install)")
+        if getattr(spec, "install", None):
+            again = handle.exec([python, "-c", _PROBE], cwd=project, timeout=120)
+            if again.rc == 0:
+                pytest_version = (again.stdout.splitlines() + ["", ""])[1].strip()
+        pythonpath = [root]
+        if not pytest_version:
+            bundle, pytest_version = pytest_bundle(version, name)
+            handle.put(bundle, f"{root}/site")
+            pythonpath.insert(0, f"{root}/site")
+        return _Prepared(handle=handle, python=python, root=root, pythonpath=pythonpath,
+                         python_version=version, pytest_version=pytest_version)
+
+    def _staged_project(self) -> Path:
+        with self._lock:
+            if self._stage is None:
+                self._stage = Path(tempfile.mkdtemp(prefix="portability-inside-"))
+                stage_project(Path(self.config.rootpath), self._stage / "project")
+            return self._stage / "project"
+
+    def _start_run(self, run: _Run) -> None:
+        prepared = run.prepared
+        handle = prepared.handle
+        config = self.config
+        argv = [prepared.python, "-m", "pytest", "-p", REMOTE_MODULE, "-p", "no:portability",
+                "-p", "no:cacheprovider", "--continue-on-collection-errors", "-q",
+                "--rootdir", f"{prepared.root}/project"]
+        maxfail = config.getoption("maxfail", 0)
+        if maxfail:
+            argv.append(f"--maxfail={maxfail}")
+        if config.getoption("runxfail", False):
+            argv.append("--runxfail")
+        argv += shlex.split(config.getoption("portability_inside_args") or "")
+        files = list(dict.fromkeys(n.split("::", 1)[0] for n in run.nodeids))
+        argv += files
+        ids_path = f"{prepared.root}/ids-{run.number}.json"
+        spec = {
+            "argv": argv,
+            "cwd": f"{prepared.root}/project",
+            "pythonpath": prepared.pythonpath,
+            "env": {"PORTABILITY_INSIDE_RESULTS": run.results, "PORTABILITY_INSIDE_IDS": ids_path},
+            "results": run.results,
+            "log": run.log,
+        }
+        spec_path = f"{prepared.root}/run-{run.number}.json"
+        module = f"{prepared.root}/{REMOTE_MODULE}.py"
+        payload = json.dumps({"spec": spec, "ids": run.nodeids}).encode()
+        # One exec: write the spec and the ids, then start the supervisor detached from the
+        # exec (stdio to files, so the exec returns at once) and print its pid.
+        script = (
+            f"{shlex.quote(prepared.python)} -c {shlex.quote(_SPLIT)} {shlex.quote(spec_path)} "
+            f"{shlex.quote(ids_path)} || exit 1\n"
+            f"{shlex.quote(prepared.python)} {shlex.quote(module)} supervise "
+            f"{shlex.quote(spec_path)} </dev/null >>{shlex.quote(run.log)} 2>&1 &\n"
+            "echo $!\n"
+        )
+        with run.lock:
+            if self._cancelled:
+                raise _Unusable(f"{run.target}: the session is stopping")
+            result = handle.exec(script, cwd=prepared.root, stdin=payload, timeout=120)
+            if result.rc != 0 or not result.stdout.strip().isdigit():
+                raise _Unusable(f"{run.target}: cannot start pytest inside the target: "
+                                f"{_first_line(result.stderr) or _first_line(result.stdout)}")
+            run.pid = int(result.stdout.strip())
+        run.last_progress = time.monotonic()
+
+    # -- reading results ---------------------------------------------------------------------
+
+    def _wait_for(self, run: _Run, nodeid: str) -> list[dict] | None:
+        delay = 0.002
+        while True:
+            if nodeid in run.done:
+                return run.reports[nodeid]
+            if run.ended:
+                return None
+            if self._poll(run):
+                delay = 0.002
+                continue
+            if time.monotonic() - run.last_progress > _MAX_SILENCE_S:
+                self._check_alive(run)
+                run.last_progress = time.monotonic()
+                continue
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _poll(self, run: _Run) -> bool:
+        """Read new result lines; True when something new arrived."""
+        data = self._read(run)
+        if not data:
+            return False
+        data = run.partial + data
+        lines = data.split(b"\n")
+        run.partial = lines.pop()
+        for line in lines:
+            if line.strip():
+                self._event(run, json.loads(line))
+        run.last_progress = time.monotonic()
+        return True
+
+    def _read(self, run: _Run) -> bytes:
+        handle = run.prepared.handle
+        if handle.kind == "local":
+            try:
+                with open(run.results, "rb") as f:
+                    f.seek(run.offset)
+                    data = f.read()
+            except FileNotFoundError:
+                return b""
+        else:
+            try:
+                result = handle.exec(["tail", "-c", f"+{run.offset + 1}", run.results],
+                                     cwd="/", timeout=60)
+            except TargetLost as exc:
+                self._end(run, None, f"the target was lost: {exc.reason}")
+                return b""
+            if result.rc != 0:
+                return b""
+            data = result.stdout_bytes
+        run.offset += len(data)
+        return data
+
+    def _event(self, run: _Run, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "start":
+            run.current = event["nodeid"]
+        elif kind == "report":
+            nodeid = event["nodeid"]
+            run.reports.setdefault(nodeid, []).append(event["data"])
+            if event["when"] == "teardown":
+                run.done.add(nodeid)
+                run.current = None
+        elif kind == "collected":
+            run.collected = set(event["ids"])
+        elif kind == "collect":
+            run.collect_errors[event["nodeid"]] = event["data"]
+        elif kind == "internalerror":
+            run.internal = event.get("text")
+        elif kind == "exit":
+            self._end(run, event.get("rc"), event.get("error"))
+
+    def _end(self, run: _Run, rc: int | None, error: str | None) -> None:
+        run.exit_rc, run.exit_error, run.ended = rc, error, True
+
+    def _check_alive(self, run: _Run) -> None:
+        handle = run.prepared.handle
+        try:
+            alive = handle.exec(["kill", "-0", str(run.pid)], cwd="/", timeout=30).rc == 0
+        except TargetLost as exc:
+            self._end(run, None, f"the target was lost: {exc.reason}")
+            return
+        if not alive and not self._poll(run):
+            self._end(run, None, "the in-target run vanished without an exit status")
+
+    def _missing_reason(self, run: _Run, nodeid: str) -> str:
+        for module, data in run.collect_errors.items():
+            if nodeid == module or nodeid.startswith(module + "::") or module == "" or \
+                    nodeid.startswith(module.rstrip("/") + "/"):
+                text = _longrepr_text(data)
+                return f"collection of {module or 'the session'} failed inside {run.target}:\n{text}"
+        tail = self._log_tail(run)
+        if run.current == nodeid or (run.current is None and run.exit_rc not in (0, 1, None)
+                                     and nodeid in (run.collected or ())
+                                     and nodeid not in run.reports and run.internal is None
+                                     and _crashed(run.exit_rc) and nodeid == _first_pending(run)):
+            return (f"the in-target Python crashed while running this test on {run.target} "
+                    f"({_status(run.exit_rc)}){tail}")
+        if run.exit_error:
+            return f"the in-target pytest on {run.target} ended: {run.exit_error}{tail}"
+        if run.internal:
+            return f"the in-target pytest on {run.target} had an internal error:\n{run.internal}"
+        if run.collected is not None and nodeid not in run.collected:
+            if _crashed(run.exit_rc) or run.exit_rc is None:
+                return f"not run: the in-target Python exited early ({_status(run.exit_rc)}){tail}"
+            if self.config.getoption("maxfail", 0) and run.exit_rc in (1, 2):
+                return f"not run inside {run.target}: the in-target run stopped at --maxfail"
+            return (f"not collected inside {run.target}: the in-target pytest does not produce "
+                    f"this node id (collected {len(run.collected)} of the selection){tail}")
+        if run.collected is None:
+            return (f"the in-target pytest on {run.target} exited ({_status(run.exit_rc)}) "
+                    f"before collecting{tail}")
+        return (f"not run: the in-target pytest on {run.target} ended "
+                f"({_status(run.exit_rc)}) before this test{tail}")
+
+    def _log_tail(self, run: _Run) -> str:
+        if run.prepared is None:
+            return ""
+        try:
+            result = run.prepared.handle.exec(["tail", "-n", "15", run.log], cwd="/", timeout=30)
+        except PortabilityError:
+            return ""
+        text = result.stdout.strip()
+        return f"\n--- last lines of the in-target pytest output ({run.log}) ---\n{text}" \
+            if text else ""
+
+    # -- reports -----------------------------------------------------------------------------
+
+    def _convert(self, item, name: str, run: _Run, data: dict):
+        report = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+        report.nodeid = item.nodeid
+        report.location = item.location
+        remote_props = [tuple(p) if isinstance(p, list) else p
+                        for p in (report.user_properties or [])]
+        report.user_properties = [*item.user_properties, *remote_props]
+        if report.when == "setup":
+            state = self.run.state_property(name)
+            if state:
+                report.user_properties.append(state)
+        if report.failed:
+            _add_section(report, f"reproduce inside {name}", self.reproduce(run, _base_id(item)))
+        return report
+
+    def _error_reports(self, item, name: str, reason: str) -> list:
+        return _synthetic(item, "failed", reason, list(item.user_properties), self.run, name)
+
+    def reproduce(self, run: _Run, nodeid: str) -> str:
+        """The shell command that runs this test by hand inside the target."""
+        prepared = run.prepared
+        env = f"PYTHONPATH={shlex.quote(':'.join(prepared.pythonpath[:-1]))} " \
+            if len(prepared.pythonpath) > 1 else ""
+        inner = (f"cd {shlex.quote(prepared.root + '/project')} && {env}"
+                 f"{shlex.quote(prepared.python)} -m pytest -p no:cacheprovider "
+                 f"{shlex.quote(nodeid)}")
+        target = prepared.handle._target
+        container = getattr(target, "container_id", None)
+        if container:
+            kept = "" if self.config.getoption("portability_keep", False) else \
+                " (run with --keep-targets to keep the container)"
+            return f"docker exec -it {container[:12]} sh -c {shlex.quote(inner)}{kept}"
+        return f"{inner}    # on {run.target} ({prepared.handle.kind})"
+
+    # -- reruns of divergent inside tests (before plugin.py's, which would run them here) -----
+
+    def rerun(self, session) -> None:
+        config = self.config
+        times = config.getoption("portability_rerun", 0)
+        if times <= 0 or session.shouldfail or session.shouldstop or \
+                hasattr(config, "workerinput"):
+            return
+        inside = {(_prop(i, TEST_PROP), _prop(i, TARGET_PROP)): i for i in session.items
+                  if i.stash.get(_INSIDE, None) is not None}
+        if not inside:
+            return
+        keys = [key for key in self.run.rerun_candidates() if key in inside]
+        by_target: dict[str, list] = {}
+        for key in keys:
+            by_target.setdefault(key[1], []).append(key)
+        for _ in range(times):
+            runs = []
+            for name, target_keys in by_target.items():
+                main = self._runs.get(name)
+                if main is None or main.prepared is None:
+                    continue
+                run = self._new_run(name, [_base_id(inside[k]) for k in target_keys])
+                run.prepared = main.prepared
+                try:
+                    self._start_run(run)
+                except _Unusable as exc:
+                    run.error = str(exc)
+                run.launched.set()
+                runs.append((run, target_keys))
+            for run, target_keys in runs:
+                for key in target_keys:
+                    item = inside[key]
+                    if run.error:
+                        reports = self._error_reports(item, run.target, run.error)
+                    else:
+                        found = self._wait_for(run, _base_id(item))
+                        reports = [self._convert(item, run.target, run, d) for d in found] \
+                            if found is not None else \
+                            self._error_reports(item, run.target, self._missing_reason(
+                                run, _base_id(item)))
+                    self.run.record_rerun(key, reports)
+        # plugin.py's rerun loop runs items on the controller: hide the inside ones from it
+        # (the outer runtestloop wrapper restores session.items).
+        self._hidden = list(session.items)
+        session.items = [i for i in session.items if i.stash.get(_INSIDE, None) is None]
+
+    # -- cleanup -----------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        """Stop every in-target run and remove what inside mode put into the targets."""
+        from portability.pool import _sigint_held
+
+        with _sigint_held():
+            self._cancelled = True
+            roots: dict[str, Any] = {}
+            pids: dict[str, list[int]] = {}
+            for run in self._all_runs:
+                with run.lock:
+                    if run.prepared is None:
+                        continue
+                    roots[run.prepared.root] = run.prepared.handle
+                    if run.pid is not None and not run.stopped:
+                        pids.setdefault(run.prepared.root, []).append(run.pid)
+                        run.stopped = True
+            for root, handle in roots.items():
+                _stop_remote(handle, root, pids.get(root, []))
+            if self._stage is not None:
+                shutil.rmtree(self._stage, ignore_errors=True)
+                self._stage = None
+
+
+class _InnerLoop:
+    """The innermost run-loop wrapper (trylast): launches the in-target runs before the loop,
+    and re-runs divergent inside tests in their targets before plugin.py's rerun loop."""
+
+    def __init__(self, plugin: InsidePlugin):
+        self.plugin = plugin
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtestloop(self, session):
+        config = session.config
+        if not config.option.collectonly and not hasattr(config, "workerinput"):
+            self.plugin.start(session.items)
+        result = yield
+        self.plugin.rerun(session)
+        return result
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+_SPLIT = ("import json, sys\n"
+          "data = json.load(sys.stdin)\n"
+          "json.dump(data['spec'], open(sys.argv[1], 'w'))\n"
+          "json.dump(data['ids'], open(sys.argv[2], 'w'))\n")
+
+
+def _fact_skip(item, handle) -> tuple[str, str] | None:
+    """(marker name, reason) when a fact marker skips this item on this target."""
+    from portability.markers import FACT_MARKERS, skip_decision
+
+    markers = [(m.name, m.args, m.kwargs) for m in item.iter_markers() if m.name in FACT_MARKERS]
+    if not markers:
+        return None
+    facts = {**handle.facts.as_dict(), "kind": handle.kind, "name": handle.name}
+    decision = skip_decision(markers, facts)
+    if decision is None:
+        return None
+    return decision[0], f"{decision[1]} on {handle.name}"
+
+
+def _synthetic(item, outcome: str, text: str, props: list, run, name: str) -> list:
+    from _pytest.reports import TestReport
+
+    setup_props = list(props)
+    state = run.state_property(name)
+    if state:
+        setup_props.append(state)
+    if outcome == "skipped":
+        path, lineno, _ = item.location
+        longrepr: Any = (str(item.path), (lineno or 0) + 1, text)
+    else:
+        longrepr = text
+    setup = TestReport(item.nodeid, item.location, {x: 1 for x in item.keywords}, outcome,
+                       longrepr, "setup", user_properties=setup_props)
+    teardown = TestReport(item.nodeid, item.location, {x: 1 for x in item.keywords}, "passed",
+                          None, "teardown", user_properties=list(props))
+    return [setup, teardown]
+
+
+def _add_section(report, title: str, content: str) -> None:
+    longrepr = report.longrepr
+    if hasattr(longrepr, "addsection"):
+        longrepr.addsection(title, content)
+    elif isinstance(longrepr, str):
+        report.longrepr = f"{longrepr}\n\n{title}: {content}"
+    elif longrepr is None:
+        report.longrepr = f"{title}: {content}"
+
+
+def _longrepr_text(data: dict) -> str:
+    longrepr = data.get("longrepr")
+    if isinstance(longrepr, str):
+        return longrepr
+    if isinstance(longrepr, dict):
+        crash = longrepr.get("reprcrash") or {}
+        entries = (longrepr.get("reprtraceback") or {}).get("reprentries") or []
+        lines = []
+        for entry in entries:
+            lines += (entry.get("data") or {}).get("lines") or []
+        text = "\n".join(lines)
+        return text or crash.get("message", "")
+    return str(longrepr)
+
+
+def _first_pending(run: _Run) -> str | None:
+    for nodeid in run.nodeids:
+        if nodeid not in run.done:
+            return nodeid
+    return None
+
+
+def _crashed(rc: int | None) -> bool:
+    return rc is not None and (rc < 0 or rc > 5)
+
+
+def _status(rc: int | None) -> str:
+    if rc is None:
+        return "no exit status"
+    if rc < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
+def _stop_remote(handle, root: str, pids: list[int]) -> None:
+    """SIGTERM the runs' process groups, SIGKILL what is left, remove inside mode's files."""
+    kills = " ".join(str(p) for p in pids)
+    script = (
+        f"for p in {kills}; do kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null; done\n"
+        f"i=0; while [ $i -lt 30 ]; do alive=; for p in {kills}; do "
+        "kill -0 $p 2>/dev/null && alive=1; done; [ -z \"$alive\" ] && break; "
+        "sleep 0.1; i=$((i+1)); done\n"
+        f"for p in {kills}; do kill -KILL -$p 2>/dev/null; kill -KILL $p 2>/dev/null; done\n"
+        f"rm -rf {shlex.quote(root)}\n"
+    ) if pids else f"rm -rf {shlex.quote(root)}\n"
+    try:
+        handle.exec(script, cwd="/", timeout=60)
+    except Exception:  # noqa: BLE001 — the target may be gone; the pool removes it anyway
+        pass
+
+
+def _wait(event: threading.Event) -> None:
+    # A plain wait() cannot be interrupted by Ctrl-C on the main thread; short waits can.
+    while not event.wait(0.05):
+        pass
+
+
+def _base_id(item) -> str:
+    return _prop(item, TEST_PROP) or item.nodeid
+
+
+def _prop(item, key: str):
+    for name, value in item.user_properties:
+        if name == key:
+            return value
+    return None
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0] if text else ""
+
+
+# -- shipping the project and pytest ---------------------------------------------------------
+
+def project_files(rootdir: Path) -> list[str]:
+    """The rootdir's files, relative: what git would commit (untracked-but-not-ignored included),
+    or — outside a git repository — every file outside VCS/virtualenv/cache directories."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             cwd=rootdir, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        out = None
+    if out is not None and out.returncode == 0:
+        return [p for p in out.stdout.decode(errors="surrogateescape").split("\0") if p]
+    files = []
+    for dirpath, dirnames, filenames in os.walk(rootdir):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(".egg-info")]
+        for filename in filenames:
+            if not filename.endswith((".pyc", ".pyo")):
+                files.append(os.path.relpath(os.path.join(dirpath, filename), rootdir))
+    return files
+
+
+def stage_project(rootdir: Path, dest: Path) -> int:
+    """Copy (hard-link where possible) the project's files to ``dest``; returns the count."""
+    count = 0
+    for rel in project_files(rootdir):
+        src = rootdir / rel
+        if not src.is_file() and not src.is_symlink():
+            continue  # deleted but still tracked
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            os.symlink(os.readlink(src), target)
+        else:
+            try:
+                os.link(src, target)
+            except OSError:
+                shutil.copy2(src, target)
+        count += 1
+    dest.mkdir(parents=True, exist_ok=True)
+    return count
+
+
+def pytest_bundle(python_version: str, target: str = "") -> tuple[Path, str]:
+    """A directory of pure-Python pytest (with its dependencies) for a target's Python.
+
+    The controller's own pytest when its metadata allows that Python version (nothing to
+    download, same pytest on both sides); otherwise wheels fetched once with the controller's
+    ``pip download --python-version`` (the newest pytest that supports it). Cached.
+    """
+    from importlib import metadata
+
+    from portability.paths import cache_dir
+
+    if not python_version:
+        raise _Unusable(f"{target}: the target's Python did not report its version")
+    minor = ".".join(python_version.split(".")[:2])
+    with _bundle_lock:
+        dists = _controller_dists(python_version)
+        if dists is not None:
+            version = metadata.version("pytest")
+            dest = cache_dir("inside", f"site-py{minor}-pytest{version}-local")
+            if not (dest / ".complete").exists():
+                _fill_from_dists(dest, dists, version)
+            return dest, version
+        dest = cache_dir("inside", f"site-py{minor}-pip")
+        if not (dest / ".complete").exists():
+            _fill_from_pip(dest, minor, target)
+        return dest, (dest / ".complete").read_text().strip()
+
+
+def _controller_dists(python_version: str):
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    env = {"python_version": ".".join(python_version.split(".")[:2]),
+           "python_full_version": python_version, "sys_platform": "linux",
+           "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython",
+           "platform_python_implementation": "CPython", "extra": ""}
+    todo, seen = ["pytest"], {}
+    while todo:
+        name = todo.pop()
+        key = name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            return None
+        needs = dist.metadata.get("Requires-Python")
+        if needs and Version(python_version) not in SpecifierSet(needs):
+            return None
+        seen[key] = dist
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate(env):
+                todo.append(req.name)
+    return list(seen.values())
+
+
+def _fill_from_dists(dest: Path, dists, version: str) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest))
+    for dist in dists:
+        for rel in dist.files or []:
+            parts = Path(str(rel)).parts
+            if not parts or parts[0] == ".." or "__pycache__" in parts:
+                continue
+            src = Path(dist.locate_file(rel))
+            if not src.is_file():
+                continue
+            out = tmp / Path(*parts)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, out)
+    _publish(dest, tmp, version)
+
+
+def _fill_from_pip(dest: Path, minor: str, target: str) -> None:
+    from email.parser import Parser
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest))
+    wheels = tmp / ".wheels"
+    # pip honours --python-version for Requires-Python but evaluates environment markers
+    # (`exceptiongroup; python_version < "3.11"`) for the interpreter it runs on: close the
+    # dependency set for the target's version ourselves.
+    env = {"python_version": minor, "python_full_version": f"{minor}.0", "sys_platform": "linux",
+           "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython",
+           "platform_python_implementation": "CPython", "extra": ""}
+    wanted, have = ["pytest"], set()
+    while wanted:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet",
+                               "--only-binary=:all:", "--python-version", minor,
+                               "--dest", str(wheels), *wanted],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            detail = _first_line((proc.stderr.strip().splitlines() or [""])[-1])
+            raise _Unusable(f"{target}: Python {minor} in the target has no pytest, the "
+                            f"controller's pytest does not support it, and `pip download` "
+                            f"failed ({detail}); install pytest there with `install:` or point "
+                            "`python:` at an interpreter that has it")
+        needed = set()
+        for wheel in wheels.glob("*.whl"):
+            have.add(canonicalize_name(wheel.name.split("-")[0]))
+            with zipfile.ZipFile(wheel) as zf:
+                meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+                headers = Parser().parsestr(zf.read(meta).decode())
+            for text in headers.get_all("Requires-Dist") or []:
+                req = Requirement(text)
+                if req.marker is None or req.marker.evaluate(env):
+                    needed.add(f"{req.name}{req.specifier}")  # without the marker
+        wanted = sorted(r for r in needed if canonicalize_name(Requirement(r).name) not in have)
+    version = ""
+    for wheel in sorted(wheels.glob("*.whl")):
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(tmp)
+        if wheel.name.startswith("pytest-"):
+            version = wheel.name.split("-")[1]
+    shutil.rmtree(wheels)
+    _publish(dest, tmp, version)
+
+
+def _publish(dest: Path, tmp: Path, version: str) -> None:
+    """Move the filled temp dir's contents into ``dest`` and mark it complete."""
+    for child in list(tmp.iterdir()):
+        target = dest / child.name
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        os.replace(child, target)
+    tmp.rmdir()
+    (dest / ".complete").write_text(f"{version}\n")
