@@ -279,6 +279,7 @@ def test_plugin_matrix_splits_along_the_kernel(tmp_path):
         "    assert result.rc == 0, 'fchmodat2 is missing (ENOSYS)'\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("PYTEST_ADDOPTS", None)  # CI's -q would cancel the -v this test reads
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
                            "--targets=local,kernel-5.10", "--portability-json=report.json"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
