@@ -159,7 +159,7 @@ def fetch(names: Iterable[str], *, progress: Callable[[str], None] | None = None
             env = _private_apt(root / "apt")
             say("updating the private package index")
             _run(["apt-get", "-q", "-o", "DPkg::Lock::Timeout=600", "update"], env,
-                 "apt-get update (is Debian's archive reachable?)")
+                 f"updating the package index from {debian_mirror()} (offline?)")
             for series in todo:
                 result[series] = _fetch_one(series, root, env, say)
     return [result[s] for s in wanted]
@@ -320,8 +320,12 @@ def _run(argv: list[str], env: dict[str, str], what: str, cwd: Path | None = Non
         proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise KernelUnavailable(f"{what} failed: {exc}") from None
-    problems = [line for line in proc.stderr.splitlines() if line.startswith(("E:", "W:", "Err"))]
-    if proc.returncode != 0 or any(p.startswith(("E:", "Err")) for p in problems):
+    # apt reports unreachable mirrors as "Err:" (stdout) and "W: Failed to fetch" (stderr)
+    # and may still exit 0.
+    lines = proc.stderr.splitlines() + proc.stdout.splitlines()
+    problems = [line.strip() for line in lines
+                if line.startswith(("E:", "Err:", "W: Failed to fetch"))]
+    if proc.returncode != 0 or problems:
         detail = (problems or proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[0]
         raise KernelUnavailable(f"{what} failed: {detail}")
     return proc.stdout

@@ -348,3 +348,30 @@ def test_image_rootfs_and_snapshot_restore(tmp_path):
 def check_exit_codes_quickly(target) -> None:
     assert target.exec("exit 7").rc == 7
     assert target.exec(["cat"], stdin=b"in").stdout_bytes == b"in"
+
+
+def test_uncached_kernel_offline_is_unavailable_with_a_hint(tmp_path, monkeypatch):
+    require(qemu_binary() is not None, "qemu-system-x86_64 is not installed")
+    monkeypatch.setenv("PORTABILITY_CACHE", str(tmp_path / "cache"))  # nothing cached here
+    monkeypatch.setenv("PORTABILITY_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")  # refuses
+    target = vm("offline", kernel="6.1")
+    with pytest.raises(TargetUnavailable) as info:
+        target.start()
+    target.stop()
+    message = str(info.value)
+    assert "offline?" in message and "portability kernels fetch 6.1" in message
+    assert "\n" not in message
+
+
+def test_kernel_given_as_a_bzimage_path_boots(tmp_path):
+    """A vmlinuz path: its ELF vmlinux is extracted (cached) and its modules found beside it."""
+    need_kernel("6.1")
+    cached = kernels.cached("6.1")
+    vmlinuz = cached.image.parent / "vmlinuz"
+    target = QemuTarget(QemuSpec(name="by-path", kernel=str(vmlinuz), accel="tcg"),
+                        session=SESSION, base_dir=tmp_path)
+    try:
+        target.start()
+        assert target.exec(["uname", "-r"]).stdout.strip() == cached.release
+    finally:
+        target.stop()
