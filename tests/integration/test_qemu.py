@@ -375,3 +375,38 @@ def test_kernel_given_as_a_bzimage_path_boots(tmp_path):
         assert target.exec(["uname", "-r"]).stdout.strip() == cached.release
     finally:
         target.stop()
+
+
+def test_clean_stale_removes_only_dead_sessions_vms(tmp_path):
+    """`portability clean`: a VM dir whose owner process is gone loses its qemu and its dir."""
+    import shutil
+    import tempfile
+
+    from portability.session import current_owner
+    from portability.targets.qemu import clean_stale
+
+    dead_owner = subprocess.run([sys.executable, "-c",
+                                 "from portability.session import current_owner; print(current_owner())"],
+                                capture_output=True, text=True, check=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
+    dead = Path(tempfile.mkdtemp(prefix=f"portability-{SESSION}dead-q-"))
+    live = Path(tempfile.mkdtemp(prefix=f"portability-{SESSION}live-q-"))
+    (dead / "owner").write_text(f"{dead_owner}\nvm\n")
+    (live / "owner").write_text(f"{current_owner()}\nvm\n")
+    # A process named like qemu whose command line names the dead VM's dir (a shell that
+    # waits on its stdin: no child process to leak).
+    fake_qemu = tmp_path / "qemu-system-fake"
+    shutil.copy("/bin/sh", fake_qemu)
+    orphan = subprocess.Popen([str(fake_qemu), "-c", "read x", str(dead / "agent.sock")],
+                              stdin=subprocess.PIPE)
+    try:
+        time.sleep(0.2)
+        removed = clean_stale()
+        assert any(str(dead) in line for line in removed)
+        assert not dead.exists() and live.exists()
+        assert orphan.wait(10) == -signal.SIGKILL
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+        shutil.rmtree(live, ignore_errors=True)
+        shutil.rmtree(dead, ignore_errors=True)
