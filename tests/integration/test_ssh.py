@@ -1,0 +1,334 @@
+"""kind: ssh against a real OpenSSH server the tests start on 127.0.0.1 (sshd_server.py)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import require
+from exec_contract import check_exec_contract
+from sshd_server import SshServer, sshd_available
+from portability import facts
+from portability.errors import ConfigError, TargetLost, TargetUnavailable
+from portability.targets.ssh import SshSpec, SshTarget
+
+pytestmark = pytest.mark.integration
+
+TEST_USER = "portability-test"
+
+
+@pytest.fixture(scope="module")
+def sshd():
+    require(sshd_available(), "no sshd (apt-get install openssh-server)")
+    server = SshServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_sshd():
+    """A server a test may kill."""
+    require(sshd_available(), "no sshd (apt-get install openssh-server)")
+    server = SshServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def started():
+    targets = []
+
+    def start(target):
+        targets.append(target)
+        target.start()
+        return target
+
+    yield start
+    for target in targets:
+        target.stop()
+
+
+def ssh_target(server: SshServer, name: str = "s", **kwargs) -> SshTarget:
+    options = dict(host="127.0.0.1", port=server.port, user="root",
+                   identity_file=str(server.client_key), known_hosts=str(server.known_hosts))
+    options.update(kwargs)
+    return SshTarget(SshSpec(name=name, **options), session="test-ssh", base_dir=Path.cwd())
+
+
+def test_exec_contract_through_the_agent(started, sshd, tmp_path):
+    target = started(ssh_target(sshd))
+    assert target.exec_mode == "agent"
+    check_exec_contract(target, tmp_path)
+    found = facts.probe(target)
+    assert found.kernel_release and found.arch
+
+
+def test_exec_contract_without_the_agent(started, sshd, tmp_path, monkeypatch):
+    # No C compiler on the controller: every command is its own exec channel.
+    from portability import agent
+    from portability.agent import AgentUnavailable
+
+    def no_agent():
+        raise AgentUnavailable("no C compiler (test)")
+
+    monkeypatch.setattr(agent, "agent_binary", no_agent)
+    target = started(ssh_target(sshd))
+    assert target.exec_mode == "exec"
+    assert "no C compiler" in target.connection.agent_problem
+    check_exec_contract(target, tmp_path)
+
+
+def test_workdir_is_per_session_and_removed_at_stop(sshd):
+    target = ssh_target(sshd, env={"APP_MODE": "ssh"})
+    target.start()
+    try:
+        workdir = target.workdir
+        assert "test-ssh" in workdir
+        assert target.exec("pwd; echo $APP_MODE").stdout == f"{workdir}\nssh\n"
+    finally:
+        target.stop()
+        target.stop()  # idempotent
+    assert not Path(workdir).exists()  # the server is this machine
+
+
+def test_given_workdir_is_created_and_kept(started, sshd, tmp_path):
+    workdir = tmp_path / "given" / "work"
+    target = started(ssh_target(sshd, workdir=str(workdir)))
+    assert target.exec(["pwd"]).stdout.strip() == str(workdir)
+    target.stop()
+    assert workdir.is_dir()
+
+
+def test_copy_entries_are_installed(started, sshd, tmp_path):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "run.sh").write_text("echo from-app\n")
+    target = SshTarget(SshSpec(name="s", host="127.0.0.1", port=sshd.port, user="root",
+                               identity_file=str(sshd.client_key),
+                               known_hosts=str(sshd.known_hosts), copy=("app",)),
+                       session="test-ssh", base_dir=tmp_path)
+    started(target)
+    target.install_copies()
+    assert target.exec(["sh", "app/run.sh"]).stdout == "from-app\n"
+
+
+def test_unknown_host_key_is_refused_with_how_to_accept(sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    target = ssh_target(sshd, known_hosts=str(known))
+    with pytest.raises(TargetUnavailable) as info:
+        target.start()
+    target.stop()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "is not in" in message and "host_key_policy: accept-new" in message
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> {known}" in message
+    assert known.read_text() == ""
+
+
+def test_changed_host_key_is_refused(sshd, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")],
+                   check=True)
+    other = (tmp_path / "other.pub").read_text().split()
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n")
+    target = ssh_target(sshd, known_hosts=str(known))
+    with pytest.raises(TargetUnavailable) as info:
+        target.start()
+    target.stop()
+    assert "CHANGED" in str(info.value) and "ssh-keygen -R" in str(info.value)
+    # accept-new never overrides a changed key.
+    target = ssh_target(sshd, known_hosts=str(known), host_key_policy="accept-new")
+    with pytest.raises(TargetUnavailable, match="CHANGED"):
+        target.start()
+    target.stop()
+
+
+def test_accept_new_records_the_key_then_verify_passes(started, sshd, tmp_path):
+    known = tmp_path / "ssh" / "known_hosts"
+    started(ssh_target(sshd, known_hosts=str(known), host_key_policy="accept-new"))
+    assert known.read_text().strip() == sshd.host_key_line
+    again = started(ssh_target(sshd, name="again", known_hosts=str(known)))
+    assert again.exec(["echo", "ok"]).stdout == "ok\n"
+
+
+def test_insecure_accepts_any_key_without_recording(started, sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    target = started(ssh_target(sshd, known_hosts=str(known), host_key_policy="insecure"))
+    assert target.exec(["true"]).rc == 0
+    assert not known.exists()
+
+
+def test_proxy_jump_through_an_ssh_config_alias(started, sshd, tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host jumpbox\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n"
+        f"  IdentityFile {sshd.client_key}\n"
+        f"Host app-server\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n"
+        f"  IdentityFile {sshd.client_key}\n  ProxyJump jumpbox\n")
+    target = started(SshTarget(SshSpec(name="via-jump", host="app-server", ssh_config=str(config),
+                                       known_hosts=str(sshd.known_hosts)),
+                               session="test-ssh", base_dir=tmp_path))
+    assert len(target.connection._clients) == 2  # the jump hop, then the target through it
+    assert target.exec(["echo", "through"]).stdout == "through\n"
+
+
+def test_password_from_environment_never_leaks(started, tmp_path, monkeypatch):
+    require(sshd_available(), "no sshd")
+    require(subprocess.run(["id", TEST_USER], capture_output=True).returncode == 0,
+            f"user {TEST_USER} is missing (.ci/setup.d/60-ssh-vagrant.sh creates it)")
+    password = "pw-" + secrets.token_urlsafe(12)
+    subprocess.run(["chpasswd"], input=f"{TEST_USER}:{password}", text=True, check=True)
+    server = SshServer.start(password_auth=True, users=())
+    try:
+        monkeypatch.setenv("PORTABILITY_TEST_SSH_PASSWORD", password)
+        spec = SshSpec(name="pw", host="127.0.0.1", port=server.port, user=TEST_USER,
+                       password_env="PORTABILITY_TEST_SSH_PASSWORD",
+                       known_hosts=str(server.known_hosts))
+        target = started(SshTarget(spec, session="test-ssh", base_dir=tmp_path))
+        result = target.exec("id -un; echo $HOME")
+        assert result.stdout.split()[0] == TEST_USER
+        assert password not in repr(spec) + repr(target.__dict__) + result.stdout + result.stderr
+        target.stop()
+
+        monkeypatch.setenv("PORTABILITY_TEST_SSH_PASSWORD", password + "-wrong")
+        wrong = SshTarget(spec, session="test-ssh", base_dir=tmp_path)
+        with pytest.raises(TargetUnavailable) as info:
+            wrong.start()
+        wrong.stop()
+        assert "authentication as portability-test@127.0.0.1" in str(info.value)
+        assert password not in str(info.value)
+
+        monkeypatch.delenv("PORTABILITY_TEST_SSH_PASSWORD")
+        unset = SshTarget(spec, session="test-ssh", base_dir=tmp_path)
+        with pytest.raises(TargetUnavailable, match="PORTABILITY_TEST_SSH_PASSWORD.*not set"):
+            unset.start()
+        unset.stop()
+        assert password not in server.log()
+    finally:
+        server.stop()
+        subprocess.run(["usermod", "--password", "!", TEST_USER], check=True)
+
+
+def test_reconnects_after_the_connection_is_killed(own_sshd, started):
+    target = started(ssh_target(own_sshd))
+    first = target.connection.client
+    assert own_sshd.kill_connections() > 0
+    deadline = time.monotonic() + 10
+    while target.connection.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Dropped between commands: the next command reconnects and runs normally.
+    assert target.exec(["echo", "back"]).stdout == "back\n"
+    assert target.connection.client is not first
+    assert target.connection.mode == "agent"
+
+
+def test_connection_killed_mid_command_fails_only_that_command(own_sshd, started):
+    target = started(ssh_target(own_sshd))
+    killer = threading.Timer(1.0, own_sshd.kill_connections)
+    killer.start()
+    try:
+        broken = target.exec(["sleep", "20"], timeout=60)
+    finally:
+        killer.join()
+    assert broken.rc == 255 and "the target reconnected" in broken.stderr
+    assert target.exec(["echo", "again"]).stdout == "again\n"
+
+
+def test_agent_killed_restarts_the_agent(started, sshd):
+    target = started(ssh_target(sshd))
+    broken = target.exec("kill -9 $PPID")
+    assert broken.rc == 255 and "broke" in broken.stderr
+    assert target.exec(["echo", "again"]).stdout == "again\n"
+
+
+def test_server_gone_is_target_lost(started, own_sshd):
+    target = started(ssh_target(own_sshd))
+    assert target.exec(["true"]).rc == 0
+    own_sshd.stop()
+    try:
+        with pytest.raises(TargetLost) as info:
+            target.exec(["true"])
+        assert "reconnecting failed" in str(info.value) and "\n" not in str(info.value)
+    finally:
+        shutil.rmtree(target.workdir, ignore_errors=True)  # the "remote" server is this machine
+
+
+def test_unreachable_server_is_unavailable(tmp_path):
+    from sshd_server import free_port
+
+    target = SshTarget(SshSpec(name="nobody", host="127.0.0.1", port=free_port(), user="root",
+                               connect_timeout=3),
+                       session="t", base_dir=tmp_path)
+    with pytest.raises(TargetUnavailable, match="cannot connect to 127.0.0.1"):
+        target.start()
+    target.stop()
+
+
+def test_sudo_runs_commands_and_files_as_root(started, sshd, tmp_path):
+    require(shutil.which("sudo") is not None, "sudo is not installed")
+    target = started(ssh_target(sshd, sudo=True))
+    assert target.exec(["id", "-u"]).stdout == "0\n"
+    assert target.exec("echo $X", env={"X": "kept"}).stdout == "kept\n"
+    src = tmp_path / "f.txt"
+    src.write_text("data\n")
+    target.put(src, f"{target.workdir}/sub/f.txt")
+    assert target.exec(["stat", "-c", "%U", f"{target.workdir}/sub/f.txt"]).stdout == "root\n"
+    target.get(f"{target.workdir}/sub", tmp_path / "back")
+    assert (tmp_path / "back" / "f.txt").read_text() == "data\n"
+
+
+@pytest.mark.parametrize("yaml_body, fragment", [
+    ("  s: {kind: ssh, port: 22}\n", "needs `host:`"),
+    ("  s: {kind: ssh, host: h, password_env: 'hunter2 secret'}\n", "NAME of an environment"),
+    ("  s: {kind: ssh, host: h, host_key_policy: yolo}\n", "must be one of"),
+])
+def test_spec_errors_are_one_line(tmp_path, yaml_body, fragment):
+    from portability import config
+
+    path = tmp_path / "targets.yaml"
+    path.write_text("targets:\n" + yaml_body)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert fragment in str(info.value) and "targets.yaml:2" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_plugin_end_to_end_local_and_ssh(sshd, tmp_path):
+    """A real pytest run over local + the ssh target: matrix, facts, one lost-free run."""
+    (tmp_path / "targets.yaml").write_text(
+        "targets:\n"
+        "  local: {kind: local}\n"
+        f"  remote: {{kind: ssh, host: 127.0.0.1, port: {sshd.port}, user: root,\n"
+        f"           identity_file: '{sshd.client_key}', known_hosts: '{sshd.known_hosts}'}}\n")
+    (tmp_path / "test_app.py").write_text(
+        "def test_echo(target):\n"
+        "    assert target.run('echo hi').stdout == 'hi\\n'\n"
+        "def test_files(target, tmp_path):\n"
+        "    p = tmp_path / 'x.txt'\n"
+        "    p.write_text('payload')\n"
+        "    target.put(p, target.workdir + '/x.txt')\n"
+        "    assert target.run(['cat', 'x.txt']).stdout == 'payload'\n"
+        "def test_kind(target):\n"
+        "    assert target.kind == 'local'\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                           "--targets=local,remote", "--portability-json=report.json", "-v"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr
+    assert "test_echo[remote] PASSED" in out and "test_files[remote] PASSED" in out
+    assert "test_kind[remote] FAILED" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    remote = report["targets"]["remote"]
+    assert remote["kind"] == "ssh" and remote["status"] == "ready"
+    assert remote["facts"]["kernel_release"]
+    tests = {t["id"]: t for t in report["tests"]}
+    assert tests["test_app.py::test_kind"]["verdict"] == "divergent"
+    assert tests["test_app.py::test_echo"]["verdict"] == "consistent"
