@@ -534,6 +534,8 @@ class InsidePlugin:
         report = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
         report.nodeid = item.nodeid
         report.location = item.location
+        if isinstance(report.longrepr, list):  # a skip's (path, lineno, reason) after JSON
+            report.longrepr = tuple(report.longrepr)
         remote_props = [tuple(p) if isinstance(p, list) else p
                         for p in (report.user_properties or [])]
         report.user_properties = [*item.user_properties, *remote_props]
