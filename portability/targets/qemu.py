@@ -53,8 +53,9 @@ class QemuSpec(Spec):
     #: A Debian kernel series ("5.10", "6.1", "6.12", fetched and cached on first use) or a
     #: path to a vmlinuz/vmlinux (relative to the targets file).
     kernel: str | None = None
-    #: "host": the host's / read-only over 9p with a tmpfs overlay; or a path to a disk
-    #: image (ext4 or any filesystem the kernel reads), mounted read-only with the overlay.
+    #: "host": the host's / read-only over 9p with a tmpfs overlay; a path to a disk
+    #: image (ext4 or any filesystem the kernel reads), mounted read-only with the overlay;
+    #: or "container:IMAGE": that container image's filesystem, made into a cached disk image.
     rootfs: str = "host"
     #: Guest RAM: "1G", "512M", or an integer number of MiB.
     memory: str | int = "1G"
@@ -84,6 +85,8 @@ class QemuSpec(Spec):
             return f"`boot_timeout:` must be positive, got {self.boot_timeout}"
         if not self.rootfs:
             return "`rootfs:` must be `host` or a path to a disk image"
+        if self.rootfs.startswith("container:") and not self.rootfs.split(":", 1)[1]:
+            return "`rootfs: container:IMAGE` needs an image name after `container:`"
         if self.snapshot and self.rootfs == "host":
             return ("`snapshot: true` needs `rootfs:` to be a disk image (a VM sharing the "
                     "host's root over 9p cannot be saved)")
@@ -308,6 +311,13 @@ class QemuTarget(Target):
         rootfs = self.spec.rootfs
         if rootfs in _ROOT_MODES:
             return rootfs, None
+        if rootfs.startswith("container:"):
+            from portability.qemu.rootfs import RootfsError, from_container_image
+
+            try:
+                return "image", from_container_image(rootfs.split(":", 1)[1], labels=self.labels)
+            except RootfsError as exc:
+                raise TargetUnavailable(self.name, f"rootfs {rootfs}: {exc}") from None
         path = Path(rootfs).expanduser()
         if not path.is_absolute():
             path = self.base_dir / path

@@ -410,3 +410,23 @@ def test_clean_stale_removes_only_dead_sessions_vms(tmp_path):
             orphan.kill()
         shutil.rmtree(live, ignore_errors=True)
         shutil.rmtree(dead, ignore_errors=True)
+
+
+def test_container_image_rootfs_other_userland_on_other_kernel(docker_client):
+    """rootfs: container:IMAGE — Debian 11's userland booted on the 6.12 kernel."""
+    from portability import images
+
+    need_kernel("6.12")
+    require(images.exists("portability/debian:11", client=docker_client),
+            "image portability/debian:11 is missing (run `portability images build --all`)")
+    target = vm("deb11-on-6.12", kernel="6.12", rootfs="container:portability/debian:11")
+    try:
+        target.start()
+        found = facts.probe(target)
+        assert (found.os_id, found.os_version_id, found.libc_version) == ("debian", "11", "2.31")
+        assert found.kernel_version[:2] == (6, 12) and found.shares_host_kernel is False
+        assert target.exec("test -e /.dockerenv || echo no-marker").stdout == "no-marker\n"
+    finally:
+        target.stop()
+    # The export's helper container is gone again.
+    assert not docker_client.api.containers(all=True, filters={"label": f"io.portability.session={SESSION}"})

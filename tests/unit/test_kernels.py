@@ -250,6 +250,8 @@ def test_spec_validation_names_the_key():
     assert "cpus" in QemuSpec(name="q", kernel="6.1", cpus=0).validate()
     assert "boot_timeout" in QemuSpec(name="q", kernel="6.1", boot_timeout=0).validate()
     assert "disk image" in QemuSpec(name="q", kernel="6.1", snapshot=True).validate()
+    assert "image name" in QemuSpec(name="q", kernel="6.1", rootfs="container:").validate()
+    assert QemuSpec(name="q", kernel="6.1", rootfs="container:debian:12").validate() is None
     assert QemuSpec(name="q", kernel="6.1", snapshot=True, rootfs="root.ext4").validate() is None
 
 
