@@ -73,6 +73,7 @@ def from_container_image(image: str, *, engine_url: str | None = None,
         _run(["mkfs.ext4", "-q", "-F", "-i", "8192", "-L", "portability-root", "-d", str(tree),
               str(tmp_image), f"{size_mib}M"], f"writing the ext4 image of {image}")
         tmp_image.replace(target)
+        _prune(target.parent, keep=_KEPT)
     except derr.DockerException as exc:
         raise RootfsError(f"exporting {image} failed: {str(exc).splitlines()[0]}") from None
     finally:
@@ -84,6 +85,17 @@ def from_container_image(image: str, *, engine_url: str | None = None,
         client.close()
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+#: Each image is a few hundred MB: keep the most recently built few. (Using an image must
+#: not touch its mtime: snapshots are keyed on it.)
+_KEPT = 8
+
+
+def _prune(directory: Path, keep: int) -> None:
+    images = sorted(directory.glob("*.ext4"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in images[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def _tree_mib(tree: Path) -> int:
