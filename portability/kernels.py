@@ -27,6 +27,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import threading
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -452,7 +453,7 @@ def _cached_vmlinux(path: Path, data: bytes) -> Path | None:
         elf = extract_vmlinux(data)
     except KernelUnavailable:
         return None  # QEMU can still boot the bzImage itself, only slower
-    tmp = target.with_suffix(".tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
     tmp.write_bytes(elf)
     tmp.replace(target)
     return target

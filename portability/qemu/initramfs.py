@@ -18,6 +18,7 @@ import os
 import shutil
 import struct
 import subprocess
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,7 +313,8 @@ def build(*, mode: str, modules_root: Path | None, agent: Path, busybox: Path | 
     for name in modules.order:
         archive.file(f"modules/{name}.ko", modules.files[name])
     data = archive.finish()
-    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    # Unique per process and thread: targets of one session build in parallel.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
     tmp.write_bytes(data)
     tmp.replace(target)
     return target

@@ -10,6 +10,7 @@ by image id.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -46,9 +47,18 @@ def from_container_image(image: str, *, engine_url: str | None = None,
                           "a container:IMAGE rootfs is exported through it") from None
     digest = image_id.split(":")[-1][:16]
     target = cache_dir("qemu", "rootfs") / f"{digest}.ext4"
-    if target.exists():
-        client.close()
-        return target
+    # Targets of one session start in parallel: build each image once.
+    with open(target.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            client.close()
+            return target
+        return _build(client, image, image_id, target, labels)
+
+
+def _build(client, image: str, image_id: str, target: Path, labels: dict[str, str] | None) -> Path:
+    from docker import errors as derr
+
     work = Path(tempfile.mkdtemp(prefix="portability-rootfs-", dir=target.parent))
     container_id = None
     try:

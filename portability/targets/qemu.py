@@ -269,7 +269,7 @@ class QemuTarget(Target):
 
         A failure only costs the speed-up: the VM that just booted stays usable."""
         assert self._dir is not None
-        tmp = state.with_name(f".{state.name}.{os.getpid()}.tmp")
+        tmp = state.with_name(f".{state.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             with Qmp(self._dir / "qmp.sock") as qmp:
                 qmp.call("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp))}"})
