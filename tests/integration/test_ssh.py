@@ -332,3 +332,50 @@ def test_plugin_end_to_end_local_and_ssh(sshd, tmp_path):
     tests = {t["id"]: t for t in report["tests"]}
     assert tests["test_app.py::test_kind"]["verdict"] == "divergent"
     assert tests["test_app.py::test_echo"]["verdict"] == "consistent"
+
+
+def test_plugin_lost_ssh_server_errors_only_its_remaining_tests(own_sshd, tmp_path):
+    (tmp_path / "targets.yaml").write_text(
+        "targets:\n"
+        "  local: {kind: local}\n"
+        f"  remote: {{kind: ssh, host: 127.0.0.1, port: {own_sshd.port}, user: root,\n"
+        f"           identity_file: '{own_sshd.client_key}', known_hosts: '{own_sshd.known_hosts}'}}\n")
+    # The first test stops the whole server (listener and sessions) from inside the run.
+    (tmp_path / "test_lost.py").write_text(
+        "import os, signal\n"
+        "def _tree(root):\n"
+        "    kids = {}\n"
+        "    for e in os.listdir('/proc'):\n"
+        "        if e.isdigit():\n"
+        "            try:\n"
+        "                ppid = int(open(f'/proc/{e}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+        "            except (OSError, ValueError, IndexError):\n"
+        "                continue\n"
+        "            kids.setdefault(ppid, []).append(int(e))\n"
+        "    out, todo = [root], [root]\n"
+        "    while todo:\n"
+        "        for k in kids.get(todo.pop(), []):\n"
+        "            out.append(k); todo.append(k)\n"
+        "    return out\n"
+        "def test_1_kill(target):\n"
+        "    if target.name == 'remote':\n"
+        f"        for pid in _tree({own_sshd.proc.pid}):\n"
+        "            os.kill(pid, signal.SIGKILL)\n"
+        "        target.run('true')\n"
+        "def test_2_after(target):\n"
+        "    assert target.run('true').rc == 0\n"
+        "def test_3_after(target):\n"
+        "    assert target.run('true').rc == 0\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                           "--targets=local,remote", "--portability-json=report.json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = proc.stdout
+    assert "3 passed" in out, out
+    assert "target 'remote' was lost" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["targets"]["remote"]["status"] == "lost"
+    outcomes = {t["id"].split("::")[1]: t["outcomes"]["remote"]["outcome"] for t in report["tests"]}
+    assert outcomes == {"test_1_kill": "failed", "test_2_after": "error", "test_3_after": "error"}
+    # The run could not remove its workdir on the dead "remote" (this machine): do it here.
+    for leftover in Path("/tmp").glob(f"portability-{report['session']}-remote-*"):
+        shutil.rmtree(leftover, ignore_errors=True)

