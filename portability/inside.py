@@ -267,8 +267,10 @@ class InsidePlugin:
         return _synthetic(item, "skipped", f"Skipped: {reason[1]}", props, self.run, run.target)
 
     def _launch(self, run: _Run, items) -> None:
+        _trace(run.target, "launch thread")
         try:
             prepared = self._prepare(run.target, items)
+            _trace(run.target, "prepared")
             run.prepared = prepared
             # Tests skipped by fact markers never run inside.
             nodeids = [_base_id(i) for i in items if _fact_skip(i, prepared.handle) is None]
@@ -377,15 +379,16 @@ class InsidePlugin:
             "env": {"PORTABILITY_INSIDE_RESULTS": run.results, "PORTABILITY_INSIDE_IDS": ids_path},
             "results": run.results,
             "log": run.log,
+            "ids": run.nodeids,
+            "ids_path": ids_path,
         }
         spec_path = f"{prepared.root}/run-{run.number}.json"
         module = f"{prepared.root}/{REMOTE_MODULE}.py"
-        payload = json.dumps({"spec": spec, "ids": run.nodeids}).encode()
-        # One exec: write the spec and the ids, then start the supervisor detached from the
-        # exec (stdio to files, so the exec returns at once) and print its pid.
+        payload = json.dumps(spec).encode()
+        # One exec: write the spec, then start the supervisor detached from the exec (stdio
+        # to files, so the exec returns at once) and print its pid.
         script = (
-            f"{shlex.quote(prepared.python)} -c {shlex.quote(_SPLIT)} {shlex.quote(spec_path)} "
-            f"{shlex.quote(ids_path)} || exit 1\n"
+            f"cat > {shlex.quote(spec_path)} || exit 1\n"
             f"{shlex.quote(prepared.python)} {shlex.quote(module)} supervise "
             f"{shlex.quote(spec_path)} </dev/null >>{shlex.quote(run.log)} 2>&1 &\n"
             "echo $!\n"
@@ -398,19 +401,20 @@ class InsidePlugin:
                 raise _Unusable(f"{run.target}: cannot start pytest inside the target: "
                                 f"{_first_line(result.stderr) or _first_line(result.stdout)}")
             run.pid = int(result.stdout.strip())
+        _trace(run.target, f"started run {run.number}")
         run.last_progress = time.monotonic()
 
     # -- reading results ---------------------------------------------------------------------
 
     def _wait_for(self, run: _Run, nodeid: str) -> list[dict] | None:
-        delay = 0.002
+        delay = 0.005
         while True:
             if nodeid in run.done:
                 return run.reports[nodeid]
             if run.ended:
                 return None
             if self._poll(run):
-                delay = 0.002
+                delay = 0.005
                 continue
             if time.monotonic() - run.last_progress > _MAX_SILENCE_S:
                 self._check_alive(run)
@@ -475,12 +479,17 @@ class InsidePlugin:
             self._end(run, event.get("rc"), event.get("error"))
 
     def _end(self, run: _Run, rc: int | None, error: str | None) -> None:
+        _trace(run.target, f"run {run.number} ended rc={rc}")
         run.exit_rc, run.exit_error, run.ended = rc, error, True
 
     def _check_alive(self, run: _Run) -> None:
         handle = run.prepared.handle
         try:
-            alive = handle.exec(["kill", "-0", str(run.pid)], cwd="/", timeout=30).rc == 0
+            # kill is a shell builtin (minimal images have no kill binary); only a clear
+            # "no such process" counts as dead.
+            probe = handle.exec(["/bin/sh", "-c", f"kill -0 {run.pid} 2>/dev/null && echo alive "
+                                 f"|| echo gone"], cwd="/", timeout=30)
+            alive = probe.stdout.strip() != "gone"
         except TargetLost as exc:
             self._end(run, None, f"the target was lost: {exc.reason}")
             return
@@ -493,13 +502,13 @@ class InsidePlugin:
                     nodeid.startswith(module.rstrip("/") + "/"):
                 text = _longrepr_text(data)
                 return f"collection of {module or 'the session'} failed inside {run.target}:\n{text}"
-        tail = self._log_tail(run)
-        if run.current == nodeid or (run.current is None and run.exit_rc not in (0, 1, None)
-                                     and nodeid in (run.collected or ())
-                                     and nodeid not in run.reports and run.internal is None
-                                     and _crashed(run.exit_rc) and nodeid == _first_pending(run)):
+        if run.current == nodeid:
             return (f"the in-target Python crashed while running this test on {run.target} "
-                    f"({_status(run.exit_rc)}){tail}")
+                    f"({_status(run.exit_rc)}){self._log_tail(run)}")
+        if run.current is not None and run.collected is not None and nodeid in run.collected:
+            return (f"not run: the in-target Python on {run.target} crashed "
+                    f"({_status(run.exit_rc)}) while running {run.current}")
+        tail = self._log_tail(run)
         if run.exit_error:
             return f"the in-target pytest on {run.target} ended: {run.exit_error}{tail}"
         if run.internal:
@@ -521,10 +530,13 @@ class InsidePlugin:
         if run.prepared is None:
             return ""
         try:
-            result = run.prepared.handle.exec(["tail", "-n", "15", run.log], cwd="/", timeout=30)
+            result = run.prepared.handle.exec(["tail", "-c", "30000", run.log], cwd="/", timeout=30)
         except PortabilityError:
             return ""
-        text = result.stdout.strip()
+        lines = result.stdout.strip().splitlines()
+        # A crash's faulthandler dump starts with the test's own frame: show that end.
+        fatal = [i for i, line in enumerate(lines) if "Fatal Python error" in line]
+        text = "\n".join(lines[fatal[-1]:fatal[-1] + 15] if fatal else lines[-15:])
         return f"\n--- last lines of the in-target pytest output ({run.log}) ---\n{text}" \
             if text else ""
 
@@ -631,8 +643,10 @@ class InsidePlugin:
                     if run.pid is not None and not run.stopped:
                         pids.setdefault(run.prepared.root, []).append(run.pid)
                         run.stopped = True
+            # With --keep-targets the project stays, so the "reproduce" commands keep working.
+            keep = bool(self.config and self.config.getoption("portability_keep", False))
             for root, handle in roots.items():
-                _stop_remote(handle, root, pids.get(root, []))
+                _stop_remote(handle, root, pids.get(root, []), remove=not keep)
             if self._stage is not None:
                 shutil.rmtree(self._stage, ignore_errors=True)
                 self._stage = None
@@ -645,11 +659,16 @@ class _InnerLoop:
     def __init__(self, plugin: InsidePlugin):
         self.plugin = plugin
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session):
+        """Ship and start the in-target runs while the controller is still setting up."""
+        config = session.config
+        if not config.option.collectonly and not hasattr(config, "workerinput") \
+                and not _is_xdist_controller(config):
+            self.plugin.start(session.items)
+
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtestloop(self, session):
-        config = session.config
-        if not config.option.collectonly and not hasattr(config, "workerinput"):
-            self.plugin.start(session.items)
         result = yield
         self.plugin.rerun(session)
         return result
@@ -657,10 +676,6 @@ class _InnerLoop:
 
 # -- helpers ---------------------------------------------------------------------------------
 
-_SPLIT = ("import json, sys\n"
-          "data = json.load(sys.stdin)\n"
-          "json.dump(data['spec'], open(sys.argv[1], 'w'))\n"
-          "json.dump(data['ids'], open(sys.argv[2], 'w'))\n")
 
 
 def _fact_skip(item, handle) -> tuple[str, str] | None:
@@ -721,13 +736,6 @@ def _longrepr_text(data: dict) -> str:
     return str(longrepr)
 
 
-def _first_pending(run: _Run) -> str | None:
-    for nodeid in run.nodeids:
-        if nodeid not in run.done:
-            return nodeid
-    return None
-
-
 def _crashed(rc: int | None) -> bool:
     return rc is not None and (rc < 0 or rc > 5)
 
@@ -745,7 +753,7 @@ def _status(rc: int | None) -> str:
     return f"exit status {rc}"
 
 
-def _stop_remote(handle, root: str, pids: list[int]) -> None:
+def _stop_remote(handle, root: str, pids: list[int], *, remove: bool = True) -> None:
     """SIGTERM the runs' process groups, SIGKILL what is left, remove inside mode's files."""
     kills = " ".join(str(p) for p in pids)
     script = (
@@ -754,12 +762,28 @@ def _stop_remote(handle, root: str, pids: list[int]) -> None:
         "kill -0 $p 2>/dev/null && alive=1; done; [ -z \"$alive\" ] && break; "
         "sleep 0.1; i=$((i+1)); done\n"
         f"for p in {kills}; do kill -KILL -$p 2>/dev/null; kill -KILL $p 2>/dev/null; done\n"
-        f"rm -rf {shlex.quote(root)}\n"
-    ) if pids else f"rm -rf {shlex.quote(root)}\n"
+    ) if pids else ""
+    if remove:
+        script += f"rm -rf {shlex.quote(root)}\n"
+    if not script:
+        return
     try:
         handle.exec(script, cwd="/", timeout=60)
     except Exception:  # noqa: BLE001 — the target may be gone; the pool removes it anyway
         pass
+
+
+_T0 = time.monotonic()
+
+
+def _trace(target: str, what: str) -> None:
+    if os.environ.get("PORTABILITY_INSIDE_TRACE"):
+        sys.stderr.write(f"[inside {time.monotonic() - _T0:7.3f}] {target}: {what}\n")
+
+
+def _is_xdist_controller(config) -> bool:
+    return getattr(config.option, "numprocesses", None) not in (None, 0) and \
+        config.pluginmanager.hasplugin("dsession")
 
 
 def _wait(event: threading.Event) -> None:

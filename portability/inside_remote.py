@@ -57,6 +57,9 @@ def supervise(spec_path: str) -> int:
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(spec.get("env", {}))
     results = spec["results"]
+    if spec.get("ids_path"):
+        with open(spec["ids_path"], "w", encoding="utf-8") as f:
+            json.dump(spec["ids"], f)
     _append(results, {"event": "launched", "pid": os.getpid(), "python": sys.version.split()[0]})
     with open(spec["log"], "ab") as log:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 SESSION_LABEL = "io.portability.session"
+OWNER_LABEL = "io.portability.owner"
 
 
 def write_project(path: Path, image: str | None, tests: str, *, extra_targets: str = "",
@@ -41,8 +43,14 @@ def cells(report: dict) -> dict[tuple[str, str], dict]:
             for target, cell in test["outcomes"].items()}
 
 
-def containers_of(docker_client) -> list:
-    return docker_client.api.containers(all=True, filters={"label": SESSION_LABEL})
+def containers_of(docker_client, *, session: str | None = None, pid: int | None = None) -> list:
+    """Containers of one pytest run (other runs may share the engine): by session or owner pid."""
+    label = f"{SESSION_LABEL}={session}" if session else SESSION_LABEL
+    found = docker_client.api.containers(all=True, filters={"label": label})
+    if pid is not None:
+        prefix = f"{socket.gethostname()}/{pid}/"
+        found = [c for c in found if c["Labels"].get(OWNER_LABEL, "").startswith(prefix)]
+    return found
 
 
 def pid_alive(pid: int) -> bool:
@@ -131,7 +139,7 @@ def test_outcomes_tracebacks_skips_xfails_transported(tmp_path, debian_image, do
     assert by_name["test_fail_with_output[deb]"].find("failure") is not None
     assert by_name["test_skip[deb]"].find("skipped") is not None
     assert by_name["test_setup_error[deb]"].find("error") is not None
-    assert not containers_of(docker_client)
+    assert not containers_of(docker_client, session=report["session"])
 
 
 CRASH = '''\
@@ -158,7 +166,8 @@ def test_a_crash_errors_the_rest_of_that_target_only(tmp_path, debian_image, doc
     proc = run_pytest(tmp_path, "--targets=local,deb", "--portability-json=out.json",
                       "--portability-rerun=0")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    got = cells(json.loads((tmp_path / "out.json").read_text()))
+    report = json.loads((tmp_path / "out.json").read_text())
+    got = cells(report)
     assert {key: cell["outcome"] for key, cell in got.items()} == {
         ("test_app.py::test_before", "local"): "passed",
         ("test_app.py::test_before", "deb"): "passed",
@@ -170,7 +179,7 @@ def test_a_crash_errors_the_rest_of_that_target_only(tmp_path, debian_image, doc
     assert "crashed while running this test" in got[("test_app.py::test_crash", "deb")]["message"]
     assert "SIGSEGV" in proc.stdout
     assert "not run" in got[("test_app.py::test_after", "deb")]["message"]
-    assert not containers_of(docker_client)
+    assert not containers_of(docker_client, session=report["session"])
 
 
 def test_target_without_python_errors_with_one_line_reason(tmp_path, busybox_image, docker_client):
@@ -179,13 +188,14 @@ def test_target_without_python_errors_with_one_line_reason(tmp_path, busybox_ima
                   extra_targets=f"  bb: {{kind: container, image: '{busybox_image}'}}\n")
     proc = run_pytest(tmp_path, "--targets=local,bb", "--portability-json=out.json")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    got = cells(json.loads((tmp_path / "out.json").read_text()))
+    report = json.loads((tmp_path / "out.json").read_text())
+    got = cells(report)
     assert got[("test_app.py::test_one", "local")]["outcome"] == "passed"
     bb = got[("test_app.py::test_one", "bb")]
     assert bb["outcome"] == "error"
     assert "inside mode needs Python in the target" in bb["message"]
     assert "Traceback" not in proc.stdout
-    assert not containers_of(docker_client)
+    assert not containers_of(docker_client, session=report["session"])
 
 
 SELECTION = '''\
@@ -219,7 +229,8 @@ def test_selection_marker_ini_and_flag(tmp_path):
     proc = run_pytest(tmp_path, "-v", "--portability-json=out.json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "unit/test_unit.py::test_unit[local] PASSED" in proc.stdout
-    got = cells(json.loads((tmp_path / "out.json").read_text()))
+    report = json.loads((tmp_path / "out.json").read_text())
+    got = cells(report)
     assert set(got) == {("test_app.py::test_marked", "local"),
                         ("test_app.py::test_drives_target", "local"),
                         ("unit/test_unit.py::test_unit", "local")}
@@ -294,11 +305,12 @@ def test_exitfirst_stops_the_in_target_runs(tmp_path, debian_image, docker_clien
                       env={"PID_FILE": str(pid_file)})
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "1 failed" in proc.stdout and "stopping after 1 failures" in proc.stdout
-    got = cells(json.loads((tmp_path / "out.json").read_text()))
+    report = json.loads((tmp_path / "out.json").read_text())
+    got = cells(report)
     assert list(got) == [("test_app.py::test_fails", "local")]
     # --maxfail reached the in-target pytest too: test_hangs never started there.
     assert not pid_file.exists()
-    assert not containers_of(docker_client)
+    assert not containers_of(docker_client, session=report["session"])
 
 
 def test_interrupt_leaves_nothing_behind(tmp_path, debian_image, docker_client):
@@ -326,7 +338,8 @@ def test_interrupt_leaves_nothing_behind(tmp_path, debian_image, docker_client):
         assert pid_file.exists(), "the in-target test never started"
         # wait until the container's in-target pytest is up as well
         while time.monotonic() < deadline and not any(
-                "-p _portability_inside" in " ".join(p) for c in containers_of(docker_client)
+                "-p _portability_inside" in " ".join(p)
+                for c in containers_of(docker_client, pid=proc.pid)
                 for p in docker_client.api.top(c["Id"])["Processes"]):
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
@@ -342,7 +355,7 @@ def test_interrupt_leaves_nothing_behind(tmp_path, debian_image, docker_client):
         time.sleep(0.1)
     assert not pid_alive(local_pid), out
     assert not (workdir / "portability-inside").exists()
-    assert not containers_of(docker_client)
+    assert not containers_of(docker_client, pid=proc.pid)
     assert not list(tmp.iterdir())  # the staged project copy is gone too
     assert "KeyboardInterrupt" in out or "Interrupted" in out
 
