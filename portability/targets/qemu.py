@@ -182,6 +182,7 @@ class QemuTarget(Target):
         argv = self.qemu_argv(qemu, kernel.image, initrd, mode, image)
         state = self._snapshot_path(argv, [kernel.image, initrd, image]) if self.spec.snapshot else None
         banner = None
+        kvm_failed = False
         if state is not None and state.is_file():
             try:
                 banner = self._boot(argv + ["-incoming", f"exec:cat {shlex.quote(str(state))}"],
@@ -205,13 +206,15 @@ class QemuTarget(Target):
                 banner = self._boot(argv, timeout=min(self.spec.boot_timeout, _KVM_GRACE_S))
             except TargetUnavailable:
                 self._kill_qemu()
-                _remember_kvm(False)
+                kvm_failed = True
                 self.accel = "tcg"
                 argv = self.qemu_argv(qemu, kernel.image, initrd, mode, image)
                 state = self._snapshot_path(argv, [kernel.image, initrd, image]) \
                     if self.spec.snapshot else None
         if banner is None:
             banner = self._boot(argv, timeout=self.spec.boot_timeout)
+            if kvm_failed:
+                _remember_kvm(False)  # TCG booted what KVM could not: KVM is broken here
             if state is not None:
                 self._save_snapshot(state)
         self.guest_kernel = banner.split()[-1] if banner.split() else None
