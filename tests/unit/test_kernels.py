@@ -312,3 +312,24 @@ def test_console_summary_keeps_the_reason_and_drops_stack_frames():
     assert "Kernel Offset: disabled" in summary
     assert not any("+0x" in line or "TASK" in line for line in summary)
     assert console_summary([]) == []
+
+
+def test_kernels_command_registers_fetch_and_list(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    kernels.register(parser.add_subparsers())
+    args = parser.parse_args(["kernels", "fetch", "5.10", "6.12", "--refresh"])
+    assert args.series == ["5.10", "6.12"] and args.refresh and args.func is kernels._cmd_fetch
+    monkeypatch.setenv("PORTABILITY_CACHE", str(tmp_path))
+    args = parser.parse_args(["kernels", "list"])
+    assert args.func(args) == 0
+    assert "portability kernels fetch" in capsys.readouterr().out  # empty cache: says what to do
+    release = tmp_path / "kernels" / "6.12.1-amd64"
+    release.mkdir(parents=True)
+    (release / "vmlinux").write_bytes(FAKE_ELF)
+    (release / "kernel.json").write_text('{"series": "6.12", "release": "6.12.1-amd64", '
+                                         '"version": "6.12.1-1"}')
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "6.12.1-amd64" in out and "6.12.1-1" in out
