@@ -38,7 +38,7 @@ t0=$SECONDS
 
 # -- root filesystem --------------------------------------------------------------------------
 debootstrap --variant=minbase \
-  --include=systemd-sysv,udev,dbus,openssh-server,sudo,linux-image-cloud-amd64,initramfs-tools,iproute2,netbase,procps,python3-minimal \
+  --include=systemd-sysv,udev,dbus,openssh-server,sudo,linux-image-cloud-amd64,initramfs-tools,iproute2,netbase,procps,python3 \
   bookworm "$rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1 || {
   tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
 echo "box: debootstrap done in $((SECONDS - t0)) s"
