@@ -115,6 +115,16 @@ def test_spec_env_ping_and_isolation(vm612, tmp_path):
     assert [line.split(":")[0].strip() for line in devices] == ["lo"]
 
 
+def test_put_single_file_and_get_missing(vm612, tmp_path):
+    src = tmp_path / "one.bin"
+    src.write_bytes(bytes(range(256)) * 4096)
+    vm612.put(src, "/opt/deep/new/dir/one.bin")
+    assert vm612.exec(["sha256sum", "/opt/deep/new/dir/one.bin"]).stdout.split()[0] == \
+        __import__("hashlib").sha256(src.read_bytes()).hexdigest()
+    with pytest.raises(FileNotFoundError):
+        vm612.get("/no/such/file", tmp_path / "x")
+
+
 def test_copy_entries_land_in_the_workdir(tmp_path):
     need_kernel("6.12")
     (tmp_path / "app").mkdir()
