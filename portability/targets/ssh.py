@@ -529,6 +529,27 @@ class SshTarget(Target):
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @classmethod
+    def check_engine(cls, spec: SshSpec) -> str | None:
+        """Whether the server (or the first ProxyJump hop) accepts TCP; no login is tried."""
+        if spec.password_env and spec.password_env not in os.environ:
+            return f"environment variable {spec.password_env} (password_env) is not set"
+        try:
+            config = load_ssh_config(spec.ssh_config, Path.cwd(), spec.name)
+            endpoint = resolve_endpoint(spec.host or "", config, user=spec.user, port=spec.port)
+            if endpoint.proxy_command:
+                return None  # reachable only through the command; nothing cheap to check
+            if endpoint.proxy_jump:
+                endpoint = resolve_endpoint(endpoint.proxy_jump[0], config, user=None, port=None)
+            with socket.create_connection((endpoint.hostname, endpoint.port),
+                                          timeout=min(spec.connect_timeout, 5)):
+                pass
+        except TargetUnavailable as exc:
+            return exc.reason
+        except OSError as exc:
+            return f"{spec.host}: cannot connect ({exc.strerror or _first_line(exc)})"
+        return None
+
     @property
     def workdir(self) -> str:
         if self._workdir is None:

@@ -64,6 +64,7 @@ def ssh_target(server: SshServer, name: str = "s", **kwargs) -> SshTarget:
 
 
 def test_exec_contract_through_the_agent(started, sshd, tmp_path):
+    assert SshTarget.check_engine(ssh_target(sshd).spec) is None
     target = started(ssh_target(sshd))
     assert target.exec_mode == "agent"
     check_exec_contract(target, tmp_path)
@@ -264,9 +265,10 @@ def test_server_gone_is_target_lost(started, own_sshd):
 def test_unreachable_server_is_unavailable(tmp_path):
     from sshd_server import free_port
 
-    target = SshTarget(SshSpec(name="nobody", host="127.0.0.1", port=free_port(), user="root",
-                               connect_timeout=3),
-                       session="t", base_dir=tmp_path)
+    spec = SshSpec(name="nobody", host="127.0.0.1", port=free_port(), user="root",
+                   connect_timeout=3)
+    assert "cannot connect" in SshTarget.check_engine(spec)
+    target = SshTarget(spec, session="t", base_dir=tmp_path)
     with pytest.raises(TargetUnavailable, match="cannot connect to 127.0.0.1"):
         target.start()
     target.stop()
