@@ -408,7 +408,8 @@ def clean_stale(alive: Callable[[str], bool] | None = None) -> list[str]:
     """Destroy the machines of sessions that are no longer alive; returns what was removed.
 
     ``alive(session_id)`` decides; by default a session is alive while the process that
-    created the machine runs. Machines kept on purpose (``destroy: never``) stay.
+    created the machine runs. Machines a session kept (``destroy: never``/``on-success``)
+    are leftovers too once it has ended: `portability clean` is the way to remove them.
     """
     import vagrant
 
@@ -422,7 +423,7 @@ def clean_stale(alive: Callable[[str], bool] | None = None) -> list[str]:
             continue
         session = meta.get("session", "")
         is_alive = alive(session) if alive is not None else owner_alive(meta.get("owner"))
-        if is_alive or meta.get("keep"):
+        if is_alive:
             continue
         project = Path(meta.get("root") or entry)
         env = _quiet_env(os.environ)

@@ -61,7 +61,9 @@ def leftovers(session: str) -> list[str]:
 def test_vagrant_vm_runs_commands_with_its_own_kernel_and_is_destroyed(vagrant_box, tmp_path):
     session = "test-vagrant-vm"
     lines: list[str] = []
-    target = VagrantTarget(VagrantSpec(name="vm", box=vagrant_box, provider="libvirt"),
+    target = VagrantTarget(VagrantSpec(name="vm", box=vagrant_box, provider="libvirt",
+                                       vagrantfile='config.vm.provision "shell", inline: '
+                                                   '"touch /etc/provisioned-by-snippet"'),
                            session=session, base_dir=tmp_path)
     target.progress = lines.append
     try:
@@ -76,6 +78,7 @@ def test_vagrant_vm_runs_commands_with_its_own_kernel_and_is_destroyed(vagrant_b
         assert found.kernel_release.startswith("6.1.")
         assert found.virtualization == "vm" and not found.shares_host_kernel
         assert target.exec(["id", "-un"]).stdout == "vagrant\n"
+        assert target.exec(["test", "-e", "/etc/provisioned-by-snippet"]).rc == 0
         check_exec_contract(target, tmp_path)
     finally:
         target.stop()
@@ -120,17 +123,33 @@ def test_plugin_runs_suites_on_local_ssh_container_and_vagrant(vagrant_box, debi
     assert leftovers(report["session"]) == []
 
 
-def test_broken_vagrantfile_is_unavailable_and_leaves_nothing(vagrant_box, tmp_path):
+def test_failed_up_keeps_the_vm_on_success_policy_and_clean_destroys_it(vagrant_box, tmp_path):
     session = "test-vagrant-broken"
-    target = VagrantTarget(
-        VagrantSpec(name="bad", box=vagrant_box, provider="libvirt",
-                    vagrantfile='config.vm.provision "shell", inline: "exit 7"'),
-        session=session, base_dir=tmp_path)
-    # Fails after the VM is up: the provisioner exits 7. The VM must still be destroyed.
-    with pytest.raises(TargetUnavailable) as info:
-        target.start()
-    target.stop()
-    assert "`vagrant up` failed" in str(info.value) and "\n" not in str(info.value)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Vagrantfile").write_text(
+        'Vagrant.configure("2") do |config|\n'
+        f'  config.vm.box = "{vagrant_box}"\n'
+        '  config.vm.provision "shell", inline: "echo provisioning-fails; exit 7"\n'
+        'end\n')
+    target = VagrantTarget(VagrantSpec(name="bad", vagrantfile_dir="project", provider="libvirt",
+                                       destroy="on-success"),
+                           session=session, base_dir=tmp_path)
+    try:
+        # The VM boots, then its provisioner fails: the target is unavailable, and with
+        # `destroy: on-success` the VM stays for debugging.
+        with pytest.raises(TargetUnavailable) as info:
+            target.start()
+        target.stop()
+        message = str(info.value)
+        assert "`vagrant up` failed" in message and "\n" not in message
+        assert _domain_of(session)
+        assert not (project / ".vagrant").exists()  # machine state lives in the session dir
+        # Once the session is over, `portability clean` destroys it.
+        removed = clean_stale(lambda s: s != session)
+        assert any(f"session {session}" in line for line in removed), removed
+    finally:
+        clean_stale(lambda s: s != session)
     assert leftovers(session) == []
 
 
