@@ -53,14 +53,21 @@ EXPECTED_PROP = "portability.expected"
 REMOTE_DIR = "portability-inside"
 REMOTE_MODULE = "_portability_inside"
 _INSIDE = pytest.StashKey[str]()
-_PROBE = ("import sys, platform\n"
+#: The target's Python version and its pytest's (without importing pytest: half the cost).
+_PROBE = ("import platform\n"
           "print(platform.python_version())\n"
-          "try:\n    import pytest\n    print(pytest.__version__)\n"
-          "except Exception:\n    print('')\n")
+          "try:\n"
+          "    from importlib.metadata import version\n"
+          "    import importlib.util\n"
+          "    print(version('pytest') if importlib.util.find_spec('pytest') else '')\n"
+          "except Exception:\n"
+          "    print('')\n")
 #: Files never shipped when the rootdir is not a git repository.
 _SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", ".pytest_cache", ".mypy_cache", ".tox",
               ".nox", ".venv", "venv", "node_modules", ".eggs", "build", "dist"}
 _MAX_SILENCE_S = 2.0
+#: Kinds whose whole filesystem goes away with the target (no files to remove one by one).
+_DISCARDED = ("container", "qemu")
 _bundle_lock = threading.Lock()
 
 
@@ -314,6 +321,7 @@ class InsidePlugin:
 
     def _do_prepare(self, name: str) -> _Prepared:
         handle = self.run.handle(name)
+        _trace(name, "target ready")
         spec = handle.spec
         python = getattr(spec, "python", None) or (sys.executable if handle.kind == "local"
                                                     else "python3")
@@ -325,11 +333,13 @@ class InsidePlugin:
             raise _Unusable(f"{name}: inside mode needs Python in the target, but `{python}` "
                             f"did not run ({detail}); set `python:` for this target in "
                             f"targets.yaml or use an image with Python")
+        _trace(name, "probed")
         lines = probe.stdout.splitlines() + ["", ""]
         version, pytest_version = lines[0].strip(), lines[1].strip()
         handle.put(self._staged_project(), f"{root}/project")
         handle.put(Path(__file__).with_name("inside_remote.py"), f"{root}/{REMOTE_MODULE}.py")
         project = f"{root}/project"
+        _trace(name, "project shipped")
         for command in getattr(spec, "install", None) or ():
             result = handle.exec(command, cwd=project, timeout=1800)
             if result.rc != 0:
@@ -344,8 +354,9 @@ class InsidePlugin:
         pythonpath = [root]
         if not pytest_version:
             bundle, pytest_version = pytest_bundle(version, name)
-            handle.put(bundle, f"{root}/site")
-            pythonpath.insert(0, f"{root}/site")
+            # One zip file (zipimport) instead of ~500 files: a single small transfer.
+            handle.put(bundle_zip(bundle), f"{root}/site.zip")
+            pythonpath.insert(0, f"{root}/site.zip")
         return _Prepared(handle=handle, python=python, root=root, pythonpath=pythonpath,
                          python_version=version, pytest_version=pytest_version)
 
@@ -640,13 +651,23 @@ class InsidePlugin:
                     if run.prepared is None:
                         continue
                     roots[run.prepared.root] = run.prepared.handle
-                    if run.pid is not None and not run.stopped:
+                    if run.pid is not None and not run.stopped and not run.ended:
                         pids.setdefault(run.prepared.root, []).append(run.pid)
-                        run.stopped = True
-            # With --keep-targets the project stays, so the "reproduce" commands keep working.
+                    run.stopped = True
+            # With --keep-targets the project stays, so the "reproduce" commands keep working;
+            # containers and VMs (a tmpfs overlay) are discarded whole by the pool anyway.
             keep = bool(self.config and self.config.getoption("portability_keep", False))
+            threads = []
             for root, handle in roots.items():
-                _stop_remote(handle, root, pids.get(root, []), remove=not keep)
+                remove = not keep and handle.kind not in _DISCARDED
+                if not remove and not pids.get(root):
+                    continue
+                thread = threading.Thread(target=_stop_remote, args=(handle, root, pids.get(root, [])),
+                                          kwargs={"remove": remove})
+                thread.start()
+                threads.append(thread)
+            for thread in threads:
+                thread.join()
             if self._stage is not None:
                 shutil.rmtree(self._stage, ignore_errors=True)
                 self._stage = None
@@ -876,6 +897,28 @@ def pytest_bundle(python_version: str, target: str = "") -> tuple[Path, str]:
         if not (dest / ".complete").exists():
             _fill_from_pip(dest, minor, target)
         return dest, (dest / ".complete").read_text().strip()
+
+
+def bundle_zip(bundle: Path) -> Path:
+    """The bundle as one zip, importable with zipimport (built once next to the bundle)."""
+    target = bundle.with_name(bundle.name + ".zip")
+    with _bundle_lock:
+        if target.exists():
+            return target
+        fd, tmp = tempfile.mkstemp(dir=bundle.parent, prefix=".zip-")
+        os.close(fd)
+        try:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+                for path in sorted(bundle.rglob("*")):
+                    rel = path.relative_to(bundle)
+                    if path.is_file() and rel.parts[0] != ".complete" \
+                            and "__pycache__" not in rel.parts:
+                        zf.write(path, rel.as_posix())
+            os.replace(tmp, target)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    return target
 
 
 def _controller_dists(python_version: str):
