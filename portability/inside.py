@@ -308,10 +308,11 @@ class InsidePlugin:
         else:
             try:
                 self._prepare_result[name] = self._do_prepare(name)
-            except _Unusable as exc:
+            except (_Unusable, TargetUnavailable, TargetLost) as exc:
                 self._prepare_result[name] = str(exc)
-            except (TargetUnavailable, TargetLost) as exc:
-                self._prepare_result[name] = str(exc)
+            except Exception as exc:  # noqa: BLE001 — reported once per target, one line
+                self._prepare_result[name] = (f"{name}: inside mode: {type(exc).__name__}: "
+                                              f"{_first_line(exc)}")
             finally:
                 event.set()
         result = self._prepare_result.get(name)

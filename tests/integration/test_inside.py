@@ -386,3 +386,23 @@ def test_pytest_bundle_for_an_older_python(tmp_path):
     assert int(version.split(".")[0]) >= 7
     same, same_version = pytest_bundle(".".join(map(str, sys.version_info[:3])), "t")
     assert same_version == pytest.__version__
+
+
+def test_divergent_cells_are_rerun_inside_their_target(tmp_path, debian_image, docker_client):
+    """The rerun that tells flaky from real happens in the target (on the controller the
+    container's failure would turn into a pass and the row would look flaky)."""
+    write_project(tmp_path, None,
+                  "import os, pytest\npytestmark = pytest.mark.inside\n"
+                  "def test_flavour():\n    assert os.environ.get('FLAVOUR') != 'deb'\n",
+                  extra_targets=(f"  deb: {{kind: container, image: '{debian_image}', "
+                                 "env: {FLAVOUR: deb}}\n"))
+    proc = run_pytest(tmp_path, "--targets=local,deb", "--portability-json=out.json",
+                      "--portability-rerun=2")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "out.json").read_text())
+    outcomes = report["tests"][0]["outcomes"]
+    assert outcomes["deb"]["outcome"] == "failed"
+    assert outcomes["deb"]["reruns"] == ["failed", "failed"]
+    assert outcomes["local"]["reruns"] == ["passed", "passed"]
+    assert report["tests"][0]["verdict"] == "divergent"
+    assert not containers_of(docker_client, session=report["session"])
