@@ -393,6 +393,8 @@ class InsidePlugin:
             "log": run.log,
             "ids": run.nodeids,
             "ids_path": ids_path,
+            # the local kind sees the controller: the run stops if the controller is killed
+            "watch_pid": os.getpid() if handle.kind == "local" else None,
         }
         spec_path = f"{prepared.root}/run-{run.number}.json"
         module = f"{prepared.root}/{REMOTE_MODULE}.py"

@@ -61,6 +61,8 @@ def supervise(spec_path: str) -> int:
         with open(spec["ids_path"], "w", encoding="utf-8") as f:
             json.dump(spec["ids"], f)
     _append(results, {"event": "launched", "pid": os.getpid(), "python": sys.version.split()[0]})
+    if spec.get("watch_pid"):
+        _watch_owner(int(spec["watch_pid"]))
     with open(spec["log"], "ab") as log:
         try:
             proc = subprocess.Popen(spec["argv"], cwd=spec["cwd"], env=env,
@@ -71,6 +73,29 @@ def supervise(spec_path: str) -> int:
         rc = proc.wait()
     _append(results, {"event": "exit", "rc": rc})
     return 0
+
+
+def _watch_owner(pid: int) -> None:
+    """Stop this run (its whole session) when the controller process disappears.
+
+    Only for the local kind, where the controller's pid is visible: a controller killed with
+    SIGKILL cannot clean up, and a detached run would otherwise go on alone.
+    """
+    import signal
+    import threading
+    import time
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.killpg(0, signal.SIGKILL)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 # -- pytest plugin (runs inside the in-target pytest) --------------------------------------

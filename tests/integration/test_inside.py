@@ -406,3 +406,26 @@ def test_divergent_cells_are_rerun_inside_their_target(tmp_path, debian_image, d
     assert outcomes["local"]["reruns"] == ["passed", "passed"]
     assert report["tests"][0]["verdict"] == "divergent"
     assert not containers_of(docker_client, session=report["session"])
+
+
+def test_a_killed_controller_does_not_leave_local_runs_behind(tmp_path):
+    """SIGKILL gives the controller no chance to clean up: the local run stops by itself."""
+    write_project(tmp_path, None, HANG.replace("def test_fails():\n    assert False\n", ""))
+    pid_file = tmp_path / "pids"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                             "--targets=local"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PID_FILE": str(pid_file)})
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pid_file.exists(), "the in-target test never started"
+    finally:
+        proc.kill()
+        proc.wait()
+    test_pid = int(pid_file.read_text().split()[0])
+    for _ in range(100):
+        if not pid_alive(test_pid):
+            break
+        time.sleep(0.1)
+    assert not pid_alive(test_pid)
