@@ -381,7 +381,16 @@ class SshConnection:
         partial = f"{remote}.{secrets.token_hex(4)}.partial"
         sftp.put(str(binary), partial)
         sftp.chmod(partial, 0o755)
-        sftp.posix_rename(partial, remote)
+        try:
+            sftp.posix_rename(partial, remote)  # atomic even when xdist workers race here
+        except OSError:
+            # No posix-rename extension: plain rename, which refuses an existing target
+            # (another worker won the race with the same binary).
+            try:
+                sftp.rename(partial, remote)
+            except OSError:
+                sftp.remove(partial)
+                sftp.stat(remote)
 
     def restart_agent(self) -> None:
         if self._agent is not None:
@@ -647,6 +656,8 @@ class SshTarget(Target):
     def _reconnect(self, why: str) -> None:
         """One attempt: the agent again if only it died, else a new connection."""
         conn = self._conn
+        if conn is None:
+            raise TargetLost(self.name, f"{why}; the target was stopped")
         try:
             if conn.alive() and conn.mode == "agent":
                 conn.restart_agent()

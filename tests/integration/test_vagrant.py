@@ -217,3 +217,31 @@ def test_ports_given_to_parallel_vms_never_collide():
     with ThreadPoolExecutor(8) as pool:
         ports = list(pool.map(lambda _: allocate_port(), range(40)))
     assert len(set(ports)) == 40 and all(1024 <= p < 65536 for p in ports)
+
+
+def test_vm_of_a_killed_session_is_destroyed_by_portability_clean(vagrant_box, tmp_path):
+    session = f"test-vagrant-orphan-{os.getpid()}"
+    script = (
+        "import os, signal\n"
+        "from pathlib import Path\n"
+        "from portability.targets.vagrant import VagrantSpec, VagrantTarget\n"
+        f"t = VagrantTarget(VagrantSpec(name='orphan', box='{vagrant_box}', provider='libvirt'),\n"
+        f"                  session='{session}', base_dir=Path('{tmp_path}'))\n"
+        "t.start()\n"
+        "assert t.exec(['true']).rc == 0\n"
+        "print('up', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)  # no stop(): the VM is orphaned\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                              text=True, timeout=900,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.stdout == "up\n", proc.stderr
+        assert _domain_of(session)
+        clean = subprocess.run([sys.executable, "-m", "portability.cli", "clean"], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert clean.returncode == 0, clean.stderr
+        assert f"session {session}" in clean.stdout, clean.stdout + clean.stderr
+    finally:
+        clean_stale(lambda s: s != session)
+    assert leftovers(session) == []
