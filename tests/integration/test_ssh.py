@@ -381,3 +381,24 @@ def test_plugin_lost_ssh_server_errors_only_its_remaining_tests(own_sshd, tmp_pa
     # The run could not remove its workdir on the dead "remote" (this machine): do it here.
     for leftover in Path("/tmp").glob(f"portability-{report['session']}-remote-*"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def test_endpoint_resolution_spec_keys_win_over_ssh_config(tmp_path):
+    import paramiko
+
+    from portability.targets.ssh import resolve_endpoint
+
+    key = tmp_path / "id"
+    key.write_text("not read here")
+    config = paramiko.SSHConfig.from_text(
+        f"Host app\n  HostName 127.0.0.9\n  Port 2200\n  User deploy\n  IdentityFile {key}\n"
+        "  ProxyJump bastion1,bastion2\n")
+    found = resolve_endpoint("app", config, user=None, port=None)
+    assert (found.hostname, found.port, found.user) == ("127.0.0.9", 2200, "deploy")
+    assert found.key_files == [str(key)] and found.proxy_jump == ["bastion1", "bastion2"]
+    assert found.known_hosts_name == "[127.0.0.9]:2200"
+    explicit = resolve_endpoint("ops@app:2300", config, user=None, port=None)
+    assert (explicit.user, explicit.port) == ("ops", 2300)
+    assert resolve_endpoint("app", config, user="me", port=22).label == "me@127.0.0.9:22"
+    plain = resolve_endpoint("127.0.0.1", None, user="root", port=None)
+    assert (plain.port, plain.proxy_jump, plain.known_hosts_name) == (22, [], "127.0.0.1")
