@@ -24,7 +24,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 from portability.agent.channel import AgentChannel, ChannelClosed, SocketStream
-from portability.errors import PortabilityError, TargetLost, TargetUnavailable
+from portability.errors import TargetLost, TargetUnavailable
 from portability.targets.base import Command, Result, Spec, Target
 
 #: Where the guest's /init puts the agent and a static busybox (tar for put/get).
