@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import warnings
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,8 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=300, help="commands per fast measurement")
     args = parser.parse_args()
     n, slow_n = args.n, max(15, args.n // 10)
+    # testinfra's paramiko backend warns about every unknown host key; it is ours, on loopback.
+    warnings.filterwarnings("ignore", message="Unknown .* host key")
 
     server = SshServer.start()
     tmp = Path(tempfile.mkdtemp(prefix="portability-bench-ssh-"))
