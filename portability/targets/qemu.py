@@ -349,7 +349,7 @@ class QemuTarget(Target):
                   f"portability.hostname={hostname}"]
         if spec.cmdline:
             append += shlex.split(spec.cmdline)
-        argv = [qemu, "-name", f"portability:{self.name}", "-nodefaults", "-no-user-config",
+        argv = [qemu, "-name", f"portability:{hostname}", "-nodefaults", "-no-user-config",
                 "-display", "none", "-no-reboot", "-M", "pc",
                 "-m", str(parse_memory(spec.memory)), "-smp", str(spec.cpus)]
         if self.accel == "kvm":
