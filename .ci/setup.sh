@@ -20,6 +20,7 @@ PACKAGES=(
   openssh-server openssh-client
   podman                       # tests/integration/test_podman.py: the Docker-compatible API
   git ca-certificates procps   # procps: pgrep in setup.d scripts and tests
+  chromium chromium-driver     # tests/integration/test_html_browser.py: the HTML report, headless
   python3 python3-pip python3-venv
 )
 
