@@ -10,6 +10,11 @@ pytest_plugins = ["pytester"]
 
 IN_CI = os.environ.get("CI") == "true"
 
+# PYTEST_ADDOPTS (set by .ci/run: -q and friends) has been read by this run already; the pytest
+# runs that tests start in subprocesses must see only their own options (a -q there would
+# cancel their -v).
+os.environ.pop("PYTEST_ADDOPTS", None)
+
 
 def require(condition: bool, reason: str) -> None:
     """Skip on a developer machine without the engine; in CI a missing engine is a failure."""
