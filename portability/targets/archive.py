@@ -28,7 +28,10 @@ def unpack(archive: BinaryIO, name: str, local: Path) -> None:
     local.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=archive) as tar, \
             tempfile.TemporaryDirectory(dir=local.parent, prefix=".portability-get-") as tmp:
-        tar.extractall(tmp, filter="tar")
+        if hasattr(tarfile, "tar_filter"):
+            tar.extractall(tmp, filter="tar")
+        else:  # a Python without extraction filters (< 3.10.12 / 3.11.4)
+            tar.extractall(tmp)
         extracted = Path(tmp) / name
         if local.is_dir() and extracted.is_dir():
             shutil.copytree(extracted, local, dirs_exist_ok=True, symlinks=True)

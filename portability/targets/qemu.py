@@ -24,7 +24,6 @@ import signal
 import socket
 import struct
 import subprocess
-import tarfile
 import tempfile
 import threading
 import time
@@ -34,6 +33,7 @@ from typing import Literal, Mapping
 
 from portability.agent.channel import AgentChannel, ChannelClosed, SocketStream
 from portability.errors import TargetLost, TargetUnavailable
+from portability.targets import archive
 from portability.targets.base import Command, Result, Spec, Target
 
 #: Where the guest's /init puts the agent and a static busybox (tar for put/get).
@@ -484,12 +484,9 @@ class QemuTarget(Target):
             raise FileNotFoundError(str(local))
         remote = remote.rstrip("/") or "/"
         parent, name = os.path.split(remote)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            tar.add(str(local), arcname=name, filter=_root_owned)
         script = f'mkdir -p "$1" && exec {_BUSYBOX} tar -x -C "$1"'
         result = self.exec([_BUSYBOX, "sh", "-c", script, "put", parent or "/"], cwd="/",
-                           stdin=buf.getvalue())
+                           stdin=archive.pack(local, name))
         if result.rc != 0:
             raise OSError(f"{self.name}: copying {local} to {remote} failed: {result.stderr.strip()}")
 
@@ -505,19 +502,7 @@ class QemuTarget(Target):
         if result.rc != 0:
             raise OSError(f"{self.name}: copying {remote} failed: {result.stderr.strip()}")
         local.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(result.stdout_bytes)) as tar, \
-                tempfile.TemporaryDirectory(dir=local.parent, prefix=".portability-get-") as tmp:
-            if hasattr(tarfile, "tar_filter"):
-                tar.extractall(tmp, filter="tar")
-            else:  # Python without extraction filters: the archive came from our own tar -c
-                tar.extractall(tmp)
-            extracted = Path(tmp) / name
-            if local.is_dir() and extracted.is_dir():
-                shutil.copytree(extracted, local, dirs_exist_ok=True, symlinks=True)
-            else:
-                if local.is_dir():
-                    shutil.rmtree(local)
-                os.replace(extracted, local)
+        archive.unpack(io.BytesIO(result.stdout_bytes), name, local)
 
     # -- stop ------------------------------------------------------------------------------
 
@@ -793,12 +778,6 @@ def _drive_path(path: Path | None) -> str:
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9-]", "", text)[:40] or "session"
-
-
-def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    return info
 
 
 TARGET = QemuTarget
