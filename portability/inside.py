@@ -23,6 +23,8 @@ Why not execnet: it needs an interactive stdin/stdout pipe to a Python process i
 which the target protocol does not offer (``exec`` returns at the end; a VM's only channel is
 the agent's request/response stream). The results-file approach needs nothing but ``exec``,
 and the report format is the one pytest-xdist ships (``pytest_report_to_serializable``).
+
+``PORTABILITY_INSIDE_TRACE=1`` prints a timeline of each target's preparation and runs.
 """
 
 from __future__ import annotations
@@ -585,13 +587,13 @@ class InsidePlugin:
         inner = (f"cd {shlex.quote(prepared.root + '/project')} && {env}"
                  f"{shlex.quote(prepared.python)} -m pytest -p no:cacheprovider "
                  f"{shlex.quote(nodeid)}")
-        target = prepared.handle._target
-        container = getattr(target, "container_id", None)
+        kept = "" if self.config.getoption("portability_keep", False) else \
+            "\n(the target and these files are removed at the end of the session: run with " \
+            "--keep-targets to keep them)"
+        container = getattr(prepared.handle._target, "container_id", None)
         if container:
-            kept = "" if self.config.getoption("portability_keep", False) else \
-                " (run with --keep-targets to keep the container)"
             return f"docker exec -it {container[:12]} sh -c {shlex.quote(inner)}{kept}"
-        return f"{inner}    # on {run.target} ({prepared.handle.kind})"
+        return f"{inner}    # on {run.target} ({prepared.handle.kind}){kept}"
 
     # -- reruns of divergent inside tests (before plugin.py's, which would run them here) -----
 
