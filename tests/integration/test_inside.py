@@ -429,3 +429,79 @@ def test_a_killed_controller_does_not_leave_local_runs_behind(tmp_path):
             break
         time.sleep(0.1)
     assert not pid_alive(test_pid)
+
+
+SMALL = '''\
+import os, sys
+import pytest
+
+pytestmark = pytest.mark.inside
+
+def test_pass():
+    pass
+
+def test_fail():
+    assert os.environ.get("NO_SUCH_VARIABLE") == "set", "fails everywhere"
+
+@pytest.mark.xfail(reason="known")
+def test_xfail():
+    assert False
+'''
+
+
+def test_ssh_target_runs_the_tests_inside(tmp_path):
+    """Over SSH (a private sshd on 127.0.0.1): the same shipping, streaming and replay."""
+    from conftest import require
+    from sshd_server import SshServer, sshd_available
+
+    require(sshd_available(), "no sshd (apt-get install openssh-server)")
+    server = SshServer.start()
+    try:
+        write_project(tmp_path, None, SMALL, extra_targets=(
+            f"  remote: {{kind: ssh, host: 127.0.0.1, port: {server.port}, user: root,\n"
+            f"           identity_file: '{server.client_key}', "
+            f"known_hosts: '{server.known_hosts}'}}\n"))
+        proc = run_pytest(tmp_path, "--targets=local,remote", "--portability-json=out.json")
+    finally:
+        server.stop()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    got = cells(json.loads((tmp_path / "out.json").read_text()))
+    for target in ("local", "remote"):
+        assert got[("test_app.py::test_pass", target)]["outcome"] == "passed"
+        assert got[("test_app.py::test_fail", target)]["outcome"] == "failed"
+        assert "fails everywhere" in got[("test_app.py::test_fail", target)]["message"]
+        assert got[("test_app.py::test_xfail", target)]["outcome"] == "xfailed"
+    assert "reproduce inside remote" in proc.stdout
+
+
+def test_kernel_vm_shows_the_kernel_divergence(tmp_path):
+    """suites/pkg's memfd MFD_NOEXEC_SEAL test inside a 5.10 VM (the host's userland): fails
+    there only, and the verdict says kernel."""
+    from conftest import require
+
+    from portability import kernels
+    from portability.targets.qemu import qemu_binary
+
+    require(qemu_binary() is not None, "qemu-system-x86_64 is not installed")
+    require(kernels.cached("5.10") is not None,
+            "kernel 5.10 is not cached (run `portability kernels fetch 5.10`)")
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "targets.yaml").write_text(
+        "targets:\n  local: {kind: local}\n  k510: {kind: qemu, kernel: '5.10'}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--targets-file",
+         str(tmp_path / "targets.yaml"), "--targets=local,k510", "--portability-rerun=0",
+         f"--portability-json={tmp_path / 'out.json'}",
+         "suites/pkg/tests/test_sysfeat.py::test_sealed_buffer",
+         "suites/pkg/tests/test_sysfeat.py::test_python_tag"],
+        cwd=repo, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "out.json").read_text())
+    tests = {t["id"]: t for t in report["tests"]}
+    sealed = tests["suites/pkg/tests/test_sysfeat.py::test_sealed_buffer"]
+    assert sealed["outcomes"]["local"]["outcome"] == "passed"
+    assert sealed["outcomes"]["k510"]["outcome"] == "failed"
+    assert "Invalid argument" in sealed["outcomes"]["k510"]["message"]
+    assert sealed["verdict"] == "divergent"
+    assert sealed["attribution"]["verdict"] == "kernel"
+    assert tests["suites/pkg/tests/test_sysfeat.py::test_python_tag"]["verdict"] == "consistent"
