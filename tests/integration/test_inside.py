@@ -505,3 +505,37 @@ def test_kernel_vm_shows_the_kernel_divergence(tmp_path):
     assert sealed["verdict"] == "divergent"
     assert sealed["attribution"]["verdict"] == "kernel"
     assert tests["suites/pkg/tests/test_sysfeat.py::test_python_tag"]["verdict"] == "consistent"
+
+
+def test_container_releases_show_the_userland_divergence(tmp_path, debian_image, docker_client):
+    """suites/pkg's tomllib test inside Debian 11 (Python 3.9, pytest shipped for 3.9) and
+    Debian 12 (3.11): fails on 11 only, and the verdict says userland."""
+    from conftest import require
+
+    from portability import images
+
+    require(images.exists("portability/debian:11", client=docker_client),
+            "image portability/debian:11 is missing (run `portability images build "
+            "portability/debian:11`)")
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "targets.yaml").write_text(
+        "targets:\n  local: {kind: local}\n"
+        "  d11: {kind: container, image: 'portability/debian:11'}\n"
+        f"  d12: {{kind: container, image: '{debian_image}'}}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--targets-file",
+         str(tmp_path / "targets.yaml"), "--targets=local,d11,d12",
+         f"--portability-json={tmp_path / 'out.json'}", "suites/pkg"],
+        cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "out.json").read_text())
+    tests = {t["id"]: t for t in report["tests"]}
+    toml = tests["suites/pkg/tests/test_sysfeat.py::test_load_settings"]
+    assert {t: c["outcome"] for t, c in toml["outcomes"].items()} == {
+        "local": "passed", "d11": "failed", "d12": "passed"}
+    assert "No module named 'tomllib'" in toml["outcomes"]["d11"]["message"]
+    assert toml["attribution"]["verdict"] == "userland"
+    assert toml["outcomes"]["d11"]["reruns"] == ["failed"]  # re-run inside d11, not here
+    others = [t for t in tests.values() if t is not toml]
+    assert others and all(t["verdict"] == "consistent" for t in others)
+    assert not containers_of(docker_client, session=report["session"])
