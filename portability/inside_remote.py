@@ -1,6 +1,6 @@
 """The in-target half of inside mode: shipped into a target and run by the target's Python.
 
-Stand-alone on purpose (stdlib + pytest only, Python >= 3.8, no import of ``portability``):
+Stand-alone on purpose (stdlib + pytest only, Python >= 3.6, no import of ``portability``):
 the target has neither the controller's packages nor its Python version.
 
 Two roles in one file:
@@ -18,8 +18,6 @@ Two roles in one file:
 The controller reads the results file incrementally (``tail -c +OFFSET``) with cheap exec
 calls, which works on every kind, including a VM whose only channel is the command agent.
 """
-
-from __future__ import annotations
 
 import json
 import os
