@@ -211,6 +211,7 @@ class SshConnection:
         self._pinned: dict = {}
         self._clients: list = []  # jump hops first, the target last
         self._sftp = None
+        self._sftp_error: str | None = None
         self._agent: AgentChannel | None = None
         self._agent_chan = None
         self.agent_path: str | None = None
@@ -370,7 +371,10 @@ class SshConnection:
         self._agent, self._agent_chan, self.agent_path = agent, chan, remote
 
     def _upload_agent(self, binary: Path, remote: str) -> None:
-        sftp = self.sftp()
+        try:
+            sftp = self.sftp()
+        except OSError:
+            return self._upload_agent_by_exec(binary, remote)
         size = binary.stat().st_size
         try:
             if sftp.stat(remote).st_size == size:
@@ -391,6 +395,20 @@ class SshConnection:
             except OSError:
                 sftp.remove(partial)
                 sftp.stat(remote)
+
+    def _upload_agent_by_exec(self, binary: Path, remote: str) -> None:
+        """No working SFTP (a login shell that prints breaks it): stream the file to `cat`."""
+        size = binary.stat().st_size
+        quoted = shlex.quote(remote)
+        have = self.run_exec(f"wc -c < {quoted} 2>/dev/null", timeout=self.timeout, raw=True)
+        if have.rc == 0 and have.stdout.strip().splitlines()[-1:] == [str(size)]:
+            return
+        partial = shlex.quote(f"{remote}.{secrets.token_hex(4)}.partial")
+        done = self.run_exec(f"mkdir -p {shlex.quote(os.path.dirname(remote))} && cat > {partial}"
+                             f" && chmod 755 {partial} && mv -f {partial} {quoted}",
+                             timeout=max(self.timeout, 120), raw=True, stdin=binary.read_bytes())
+        if done.rc != 0:
+            raise OSError(done.stderr.strip()[:200] or f"exit {done.rc}")
 
     def restart_agent(self) -> None:
         if self._agent is not None:
@@ -428,7 +446,10 @@ class SshConnection:
             script = f"sudo -n /bin/sh -c {shlex.quote(script)}"  # sudo drops exported env
         # `; exit $?` keeps the login shell from exec'ing the last command: the shell then
         # reports a signal death as 128+N (a bare exec'd process gives paramiko no status).
-        line = "printf 'PORTABILITY_PID=%s\\n' \"$$\" >&2; " + script + "; exit $?"
+        # Both markers also cut off what the login shell printed before the command ran
+        # (banners, ~/.bashrc echoes): only output after them belongs to the command.
+        line = (f"printf '%s\\n' {_OUT_MARK.decode()}; "
+                "printf 'PORTABILITY_PID=%s\\n' \"$$\" >&2; " + script + "; exit $?")
         started = time.perf_counter()
         try:
             chan = self.client.get_transport().open_session(timeout=self.timeout)
@@ -471,11 +492,21 @@ class SshConnection:
             elif deadline is not None and now >= deadline:
                 timed_out = True
                 break
+        # Output that arrived between the last drain and the end-of-stream check.
+        while chan.recv_ready():
+            out += chan.recv(65536)
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(65536)
         pid = _take_pid(err)
+        _cut_through(out, _OUT_MARK + b"\n")
         if timed_out:
             chan.close()
             if pid:
-                kill = f"kill -9 -- -{pid} 2>/dev/null || kill -9 {pid}"
+                # The command's process group is its login shell's, which is not always
+                # $$ (a shell that did not exec the command line): read it from /proc.
+                # No `--`: dash's kill builtin rejects it.
+                kill = (f"set -- $(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null); "
+                        f"kill -9 -${{3:-{pid}}} 2>/dev/null || kill -9 {pid}")
                 self.run_exec(f"sudo -n sh -c {shlex.quote(kill)}" if self.sudo else kill,
                               timeout=self.timeout, raw=True)
             return Result(command, 124, bytes(out), bytes(err), True,
@@ -492,10 +523,13 @@ class SshConnection:
 
     def sftp(self):
         if self._sftp is None:
+            if self._sftp_error:
+                raise OSError(self._sftp_error)  # do not retry a broken SFTP per file
             try:
                 self._sftp = self.client.open_sftp()
             except Exception as exc:
-                raise OSError(f"the server offers no SFTP ({_first_line(exc)})") from None
+                self._sftp_error = f"the server offers no working SFTP ({_first_line(exc)})"
+                raise OSError(self._sftp_error) from None
         return self._sftp
 
     def close(self) -> None:
@@ -509,6 +543,7 @@ class SshConnection:
             except Exception:
                 pass
             self._sftp = None
+        self._sftp_error = None
         for client in reversed(self._clients):
             try:
                 client.close()
@@ -671,9 +706,9 @@ class SshTarget(Target):
 
     def put(self, local: Path, remote: str) -> None:
         local = Path(local)
-        if self.spec.sudo:
+        sftp = None if self.spec.sudo else self._sftp()
+        if sftp is None:
             return _put_tar(self, local, remote)
-        sftp = self._sftp()
         remote = remote.rstrip("/") or "/"
         sftp_makedirs(sftp, os.path.dirname(remote) or "/")
         if local.is_dir():
@@ -684,9 +719,9 @@ class SshTarget(Target):
 
     def get(self, remote: str, local: Path) -> None:
         local = Path(local)
-        if self.spec.sudo:
+        sftp = None if self.spec.sudo else self._sftp()
+        if sftp is None:
             return _get_tar(self, remote, local)
-        sftp = self._sftp()
         try:
             attrs = sftp.stat(remote)
         except FileNotFoundError:
@@ -699,11 +734,16 @@ class SshTarget(Target):
             os.chmod(local, stat.S_IMODE(attrs.st_mode))
 
     def _sftp(self):
+        """The SFTP client, or None when the server has no working SFTP (files then go
+        through tar on the command channel)."""
         if self._conn is None:
             raise TargetLost(self.name, "the target is not started")
         if not self._conn.alive():
             self._reconnect("the connection dropped")
-        return self._conn.sftp()
+        try:
+            return self._conn.sftp()
+        except OSError:
+            return None
 
 
 # -- ssh_config ----------------------------------------------------------------------------------
@@ -777,15 +817,24 @@ def _feed(chan, data: bytes) -> None:
 
 
 _PID_LINE = re.compile(rb"PORTABILITY_PID=(\d+)\n")
+_OUT_MARK = b"PORTABILITY_OUTPUT_STARTS"
 
 
 def _take_pid(err: bytearray) -> int | None:
+    """The command shell's PID from its first stderr line; drops that line and the noise
+    before it."""
     match = _PID_LINE.search(err)
     if not match:
         return None
     pid = int(match.group(1))
-    del err[match.start():match.end()]
+    del err[:match.end()]
     return pid
+
+
+def _cut_through(buf: bytearray, marker: bytes) -> None:
+    at = buf.find(marker)
+    if at >= 0:
+        del buf[:at + len(marker)]
 
 
 def _drain_stderr(chan) -> str:

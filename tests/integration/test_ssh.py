@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require
-from exec_contract import check_exec_contract
+from exec_contract import check_exec_contract, check_put_get
 from sshd_server import SshServer, sshd_available
 from portability import facts
 from portability.errors import ConfigError, TargetLost, TargetUnavailable
@@ -402,3 +402,44 @@ def test_endpoint_resolution_spec_keys_win_over_ssh_config(tmp_path):
     assert resolve_endpoint("app", config, user="me", port=22).label == "me@127.0.0.9:22"
     plain = resolve_endpoint("127.0.0.1", None, user="root", port=None)
     assert (plain.port, plain.proxy_jump, plain.known_hosts_name) == (22, [], "127.0.0.1")
+
+
+@pytest.fixture
+def noisy_sshd():
+    """A server whose shell prints a banner before every command, which also breaks its
+    SFTP (as a chatty ~/.bashrc does)."""
+    require(sshd_available(), "no sshd")
+    server = SshServer.start()
+    banner = server.dir / "banner.sh"
+    banner.write_text('echo "Welcome to the test server"\necho "stderr noise" >&2\n'
+                      'exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"\n')
+    keys = server.dir / "authorized_keys" / "root"
+    keys.write_text(f'command="/bin/sh {banner}" ' + keys.read_text())
+    yield server
+    server.stop()
+
+
+def test_noisy_login_shell_without_sftp_still_gets_clean_output(noisy_sshd, started, tmp_path):
+    # The agent is uploaded through `cat`, its stream skips the banner, the exec path cuts
+    # it off, and files go through tar.
+    target = started(ssh_target(noisy_sshd))
+    assert target.exec_mode == "agent"
+    result = target.exec(["echo", "clean"])
+    assert (result.stdout, result.stderr) == ("clean\n", "")
+    raw = target.connection.run_exec("echo raw", raw=True)
+    assert (raw.stdout, raw.stderr) == ("raw\n", "")
+    check_put_get(target, tmp_path)
+
+
+def test_noisy_login_shell_exec_fallback_keeps_the_contract(noisy_sshd, started, tmp_path,
+                                                            monkeypatch):
+    from portability import agent
+    from portability.agent import AgentUnavailable
+
+    def no_agent():
+        raise AgentUnavailable("no C compiler (test)")
+
+    monkeypatch.setattr(agent, "agent_binary", no_agent)
+    target = started(ssh_target(noisy_sshd))
+    assert target.exec_mode == "exec"
+    check_exec_contract(target, tmp_path)
