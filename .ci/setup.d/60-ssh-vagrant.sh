@@ -46,12 +46,13 @@ else
   echo "ssh/vagrant: packages already installed"
 fi
 
-# -- the password-auth test user (no password until a test sets one) ------------------------------
+# -- the test user for password and non-root logins (no password until a test sets one) ----------
 if ! id portability-test >/dev/null 2>&1; then
   useradd --create-home --shell /bin/sh --comment "pytest-portability tests" portability-test
-  echo "ssh: created user portability-test (locked)"
+  echo "ssh: created user portability-test (no password)"
 fi
-usermod --lock portability-test >/dev/null
+# "*": no password can match; key logins to the tests' own sshd still work ("!" locks those too).
+usermod --password '*' portability-test
 
 # -- libvirt ---------------------------------------------------------------------------------------
 conf=/etc/libvirt/qemu.conf

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import require
-from exec_contract import check_exec_contract, check_put_get
+from exec_contract import (check_env_and_cwd, check_exec_contract, check_exit_codes,
+                            check_put_get)
 from sshd_server import SshServer, sshd_available
 from portability import facts
 from portability.errors import ConfigError, TargetLost, TargetUnavailable
@@ -215,7 +217,8 @@ def test_password_from_environment_never_leaks(started, tmp_path, monkeypatch):
         assert password not in server.log()
     finally:
         server.stop()
-        subprocess.run(["usermod", "--password", "!", TEST_USER], check=True)
+        # "*": no password matches, but key logins still work ("!" would lock those out too).
+        subprocess.run(["usermod", "--password", "*", TEST_USER], check=True)
 
 
 def test_reconnects_after_the_connection_is_killed(own_sshd, started):
@@ -443,3 +446,34 @@ def test_noisy_login_shell_exec_fallback_keeps_the_contract(noisy_sshd, started,
     target = started(ssh_target(noisy_sshd))
     assert target.exec_mode == "exec"
     check_exec_contract(target, tmp_path)
+
+
+def test_noexec_home_falls_back_to_a_channel_per_command(started, tmp_path):
+    """The agent cannot run from a noexec ~/.cache: commands still work, one channel each."""
+    require(sshd_available(), "no sshd")
+    require(subprocess.run(["id", TEST_USER], capture_output=True).returncode == 0,
+            f"user {TEST_USER} is missing (.ci/setup.d/60-ssh-vagrant.sh creates it)")
+    import pwd
+
+    user = pwd.getpwnam(TEST_USER)
+    # "*": no password, key logins allowed (sshd refuses keys for "!"-locked accounts).
+    subprocess.run(["usermod", "--password", "*", TEST_USER], check=True)
+    cache = Path(user.pw_dir) / ".cache"
+    cache.mkdir(exist_ok=True)
+    os.chown(cache, user.pw_uid, user.pw_gid)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o",
+                              f"noexec,size=16m,mode=0755,uid={user.pw_uid},gid={user.pw_gid}",
+                              "tmpfs", str(cache)], capture_output=True, text=True)
+    require(mounted.returncode == 0, f"cannot mount a noexec tmpfs here ({mounted.stderr.strip()})")
+    server = SshServer.start(users=(TEST_USER,))
+    try:
+        target = started(ssh_target(server, user=TEST_USER))
+        assert target.exec_mode == "exec"
+        assert "did not start" in target.connection.agent_problem
+        check_exit_codes(target)
+        check_env_and_cwd(target)
+        assert target.exec(["id", "-un"]).stdout == f"{TEST_USER}\n"
+        target.stop()
+    finally:
+        server.stop()
+        subprocess.run(["umount", str(cache)], check=True)
