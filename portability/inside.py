@@ -653,6 +653,12 @@ class InsidePlugin:
             roots: dict[str, Any] = {}
             pids: dict[str, list[int]] = {}
             for run in self._all_runs:
+                if run.prepared is not None and run.pid is not None and not run.ended:
+                    try:  # a run that already finished needs no signal (and its pid may be reused)
+                        while self._poll(run):
+                            pass
+                    except Exception:  # noqa: BLE001 — best effort: the kill below is the safe side
+                        pass
                 with run.lock:
                     if run.prepared is None:
                         continue
