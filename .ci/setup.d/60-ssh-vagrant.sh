@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO=$(pwd)
+# Vagrant must not call home (version and box update checks): only loopback and the archive.
+export VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_BOX_UPDATE_CHECK_DISABLE=1
 
 PACKAGES=(openssh-server openssh-client openssh-sftp-server sudo
           vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
@@ -88,7 +90,9 @@ if ! virsh -c qemu:///system pool-info "$POOL" >/dev/null 2>&1; then
   virsh -c qemu:///system pool-define-as "$POOL" dir --target "$POOL_DIR" >/dev/null
   virsh -c qemu:///system pool-autostart "$POOL" >/dev/null
 fi
-if ! virsh -c qemu:///system pool-info "$POOL" | grep -q '^State:.*running'; then
+# (no `virsh | grep -q`: with pipefail, grep's early exit fails the pipe through SIGPIPE)
+pool_state=$(virsh -c qemu:///system pool-info "$POOL")
+if ! grep -q '^State:.*running' <<<"$pool_state"; then
   virsh -c qemu:///system pool-start "$POOL" >/dev/null
 fi
 echo "libvirt: pool $POOL ready"
@@ -103,7 +107,8 @@ if [ ! -s "$box_file" ]; then
   find "$CACHE/vagrant-box" -name 'debian12-tcg-*.box' ! -name "$(basename "$box_file")" -delete
 fi
 marker=$CACHE/vagrant-box/added-$hash
-if [ ! -e "$marker" ] || ! vagrant box list 2>/dev/null | grep -q "^$BOX_NAME "; then
+boxes=$(vagrant box list 2>/dev/null || true)
+if [ ! -e "$marker" ] || ! grep -q "^$BOX_NAME " <<<"$boxes"; then
   vagrant box remove --force --all "$BOX_NAME" >/dev/null 2>&1 || true
   # vagrant-libvirt caches the box's disk as a pool volume: drop the stale copy.
   for vol in $(virsh -c qemu:///system vol-list "$POOL" 2>/dev/null | awk 'NR>2 && $1 ~ /debian12-tcg/ {print $1}'); do
@@ -116,6 +121,6 @@ if [ ! -e "$marker" ] || ! vagrant box list 2>/dev/null | grep -q "^$BOX_NAME ";
 else
   echo "vagrant: box $BOX_NAME up to date"
 fi
-vagrant plugin list 2>/dev/null | grep -q vagrant-libvirt || {
-  echo "vagrant-libvirt is not visible to vagrant" >&2; exit 1; }
+plugins=$(vagrant plugin list 2>/dev/null || true)
+grep -q vagrant-libvirt <<<"$plugins" || { echo "vagrant-libvirt is not visible to vagrant" >&2; exit 1; }
 echo "ssh/vagrant: ready ($REPO)"
