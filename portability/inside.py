@@ -367,7 +367,8 @@ class InsidePlugin:
     def _staged_project(self) -> Path:
         with self._lock:
             if self._stage is None:
-                self._stage = Path(tempfile.mkdtemp(prefix="portability-inside-"))
+                _sweep_stages()
+                self._stage = Path(tempfile.mkdtemp(prefix=f"portability-inside-{os.getpid()}-"))
                 stage_project(Path(self.config.rootpath), self._stage / "project")
             return self._stage / "project"
 
@@ -842,6 +843,20 @@ def _first_line(value: object) -> str:
 
 
 # -- shipping the project and pytest ---------------------------------------------------------
+
+def _sweep_stages() -> None:
+    """Remove staged copies left by controllers that were killed (SIGKILL skips cleanup)."""
+    for path in Path(tempfile.gettempdir()).glob("portability-inside-*-*"):
+        pid = path.name.split("-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
 
 def project_files(rootdir: Path) -> list[str]:
     """The rootdir's files, relative: what git would commit (untracked-but-not-ignored included),

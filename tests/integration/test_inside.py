@@ -410,11 +410,16 @@ def test_divergent_cells_are_rerun_inside_their_target(tmp_path, debian_image, d
 
 def test_a_killed_controller_does_not_leave_local_runs_behind(tmp_path):
     """SIGKILL gives the controller no chance to clean up: the local run stops by itself."""
-    write_project(tmp_path, None, HANG.replace("def test_fails():\n    assert False\n", ""))
+    project = tmp_path / "proj"
+    project.mkdir()
+    write_project(project, None, HANG.replace("def test_fails():\n    assert False\n", ""))
     pid_file = tmp_path / "pids"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "PID_FILE": str(pid_file), "TMPDIR": str(tmp)}
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                             "--targets=local"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "PID_FILE": str(pid_file)})
+                             "--targets=local"], cwd=project, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 120
         while not pid_file.exists() and time.monotonic() < deadline:
@@ -429,6 +434,15 @@ def test_a_killed_controller_does_not_leave_local_runs_behind(tmp_path):
             break
         time.sleep(0.1)
     assert not pid_alive(test_pid)
+    # The killed controller's staged project copy is swept by the next inside run.
+    leftover = [p for p in tmp.iterdir() if p.name.startswith("portability-inside-")]
+    assert leftover
+    (project / "test_app.py").write_text(SMALL.replace("def test_fail", "def _unused"))
+    again = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                            "--targets=local"], cwd=project, capture_output=True, text=True,
+                           env=env, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not [p for p in leftover if p.exists()]
 
 
 SMALL = '''\
