@@ -84,6 +84,9 @@ for _ in $(seq 60); do
 done
 virsh -c qemu:///system version >/dev/null
 
+# No libvirt NAT network ever: VMs reach the host only through a qemu hostfwd on 127.0.0.1.
+virsh -c qemu:///system net-autostart default --disable >/dev/null 2>&1 || true
+
 # vagrant-libvirt only creates a pool named `default` by itself; the box uses ours.
 if ! virsh -c qemu:///system pool-info "$POOL" >/dev/null 2>&1; then
   mkdir -p "$POOL_DIR"
