@@ -57,7 +57,7 @@ def main() -> int:
 
     server = SshServer.start()
     tmp = Path(tempfile.mkdtemp(prefix="portability-bench-ssh-"))
-    control = tmp / "cm-%r@%h:%p"
+    control = tmp / "cm-%C"
     config = tmp / "ssh_config"
     config.write_text(
         f"Host bench\n  HostName 127.0.0.1\n  Port {server.port}\n  User root\n"
@@ -80,8 +80,8 @@ def main() -> int:
         assert fallback.exec_mode == "exec"
         ti_paramiko = testinfra.get_host("paramiko://bench", ssh_config=str(config))
         ti_ssh = testinfra.get_host("ssh://bench?controlpersist=0", ssh_config=str(config))
-        ti_ssh_cm = testinfra.get_host(f"ssh://bench?controlpersist=60&controlpath={control}",
-                                       ssh_config=str(config))
+        ti_ssh_cm = testinfra.get_host("ssh://bench?controlpersist=60", ssh_config=str(config),
+                                       ssh_extra_args=f"-o ControlPath={control}")
         rows["portability ssh (agent)"] = median_ms(lambda: ours.exec(["true"]), n)
         rows["portability ssh (no agent: exec channel per command)"] = median_ms(
             lambda: fallback.exec(["true"]), slow_n)
@@ -90,6 +90,7 @@ def main() -> int:
         rows["testinfra ssh backend"] = median_ms(lambda: ti_ssh.run("true"), slow_n)
         rows["testinfra ssh backend + ControlMaster"] = median_ms(
             lambda: ti_ssh_cm.run("true"), slow_n)
+        assert list(tmp.glob("cm-*")), "the ControlMaster socket was not created"
     finally:
         subprocess.run(["ssh", "-F", str(config), "-o", f"ControlPath={control}", "-O", "exit",
                         "bench"], capture_output=True, timeout=30)
