@@ -27,7 +27,7 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Mapping
 
