@@ -91,6 +91,8 @@ class Endpoint:
     key_files: list[str] = field(default_factory=list)
     proxy_jump: list[str] = field(default_factory=list)
     proxy_command: str | None = None
+    #: UserKnownHostsFile of the ssh_config entry, if any.
+    known_hosts: str | None = None
 
     @property
     def label(self) -> str:
@@ -620,8 +622,9 @@ class SshTarget(Target):
         config = load_ssh_config(spec.ssh_config, self.base_dir, self.name)
         endpoint = resolve_endpoint(spec.host, config, user=spec.user, port=spec.port,
                                     identity_file=spec.identity_file, base_dir=self.base_dir)
-        known = Path(spec.known_hosts).expanduser() if spec.known_hosts else \
-            Path.home() / ".ssh" / "known_hosts"
+        # known_hosts: the spec's, else the ssh_config entry's UserKnownHostsFile, else OpenSSH's.
+        chosen = spec.known_hosts or endpoint.known_hosts
+        known = Path(chosen).expanduser() if chosen else Path.home() / ".ssh" / "known_hosts"
         if not known.is_absolute():
             known = self.base_dir / known
         self._conn = SshConnection(self.name, endpoint, host_key_mode=self._host_key_mode,
@@ -794,6 +797,8 @@ def resolve_endpoint(host: str, config, *, user: str | None, port: int | None,
         key_files=keys,
         proxy_jump=[] if not jump or jump == "none" else [h.strip() for h in jump.split(",")],
         proxy_command=None if found.get("proxycommand") in (None, "none") else found["proxycommand"],
+        known_hosts=(found.get("userknownhostsfile") or "").split()[0] or None
+        if found.get("userknownhostsfile") else None,
     )
 
 

@@ -175,9 +175,10 @@ def test_proxy_jump_through_an_ssh_config_alias(started, sshd, tmp_path):
         f"Host jumpbox\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n"
         f"  IdentityFile {sshd.client_key}\n"
         f"Host app-server\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n"
-        f"  IdentityFile {sshd.client_key}\n  ProxyJump jumpbox\n")
-    target = started(SshTarget(SshSpec(name="via-jump", host="app-server", ssh_config=str(config),
-                                       known_hosts=str(sshd.known_hosts)),
+        f"  IdentityFile {sshd.client_key}\n  ProxyJump jumpbox\n"
+        f"Host *\n  UserKnownHostsFile {sshd.known_hosts}\n")
+    # Everything, known_hosts included, comes from the config file.
+    target = started(SshTarget(SshSpec(name="via-jump", host="app-server", ssh_config=str(config)),
                                session="test-ssh", base_dir=tmp_path))
     assert len(target.connection._clients) == 2  # the jump hop, then the target through it
     assert target.exec(["echo", "through"]).stdout == "through\n"
