@@ -102,6 +102,11 @@ def wants(definition: pytest.Function, config: pytest.Config) -> bool:
 
 # -- per-target state ------------------------------------------------------------------------
 
+def runs_inside(item) -> bool:
+    """Whether this item's test runs inside its target (not on the controller)."""
+    return item.stash.get(_INSIDE, None) is not None
+
+
 class _Unusable(Exception):
     """The target cannot run inside-mode tests; the message is the one-line reason."""
 
@@ -167,7 +172,6 @@ class InsidePlugin:
         self._numbers = 0
         self._cancelled = False
         self._stage: Path | None = None
-        self._hidden: list | None = None
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -175,9 +179,14 @@ class InsidePlugin:
         self.config = config
         config.addinivalue_line("markers", "inside: run this test inside each target "
                                            "(pytest-portability inside mode)")
-        # pluggy takes one implementation of a hook per plugin object: the inner run-loop
-        # wrapper lives on a companion.
-        config.pluginmanager.register(_InnerLoop(self), "portability-inside-loop")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session):
+        """Ship and start the in-target runs while the controller is still setting up."""
+        config = session.config
+        if not config.option.collectonly and not hasattr(config, "workerinput") \
+                and not _is_xdist_controller(config):
+            self.start(session.items)
 
     def pytest_collection_modifyitems(self, session, config, items) -> None:
         for item in items:
@@ -187,16 +196,6 @@ class InsidePlugin:
             if "target" in item.fixturenames:
                 continue  # a controller test that drives the target
             item.stash[_INSIDE] = callspec.params[_PARAM]
-
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtestloop(self, session):
-        """Outermost: give plugin.py's rerun loop back the items hidden from it (see below)."""
-        try:
-            return (yield)
-        finally:
-            if self._hidden is not None:
-                session.items = self._hidden
-                self._hidden = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item, nextitem):
@@ -327,7 +326,7 @@ class InsidePlugin:
         handle = self.run.handle(name)
         _trace(name, "target ready")
         spec = handle.spec
-        python = getattr(spec, "python", None) or (sys.executable if handle.kind == "local"
+        python = spec.python or (sys.executable if handle.kind == "local"
                                                     else "python3")
         root = handle.path(REMOTE_DIR)
         handle.exec(["rm", "-rf", root], cwd="/", timeout=120)
@@ -344,14 +343,14 @@ class InsidePlugin:
         handle.put(Path(__file__).with_name("inside_remote.py"), f"{root}/{REMOTE_MODULE}.py")
         project = f"{root}/project"
         _trace(name, "project shipped")
-        for command in getattr(spec, "install", None) or ():
+        for command in spec.install:
             result = handle.exec(command, cwd=project, timeout=1800)
             if result.rc != 0:
                 what = "timed out" if result.timed_out else f"exited {result.rc}"
                 detail = _first_line(result.stderr) or _first_line(result.stdout)
                 raise _Unusable(f"{name}: install command `{command}` {what}"
                                 f"{': ' + detail if detail else ''} ({spec.source}: install)")
-        if getattr(spec, "install", None):
+        if spec.install:
             again = handle.exec([python, "-c", _PROBE], cwd=project, timeout=120)
             if again.rc == 0:
                 pytest_version = (again.stdout.splitlines() + ["", ""])[1].strip()
@@ -638,10 +637,6 @@ class InsidePlugin:
                             self._error_reports(item, run.target, self._missing_reason(
                                 run, _base_id(item)))
                     self.run.record_rerun(key, reports)
-        # plugin.py's rerun loop runs items on the controller: hide the inside ones from it
-        # (the outer runtestloop wrapper restores session.items).
-        self._hidden = list(session.items)
-        session.items = [i for i in session.items if i.stash.get(_INSIDE, None) is None]
 
     # -- cleanup -----------------------------------------------------------------------------
 
@@ -684,28 +679,6 @@ class InsidePlugin:
             if self._stage is not None:
                 shutil.rmtree(self._stage, ignore_errors=True)
                 self._stage = None
-
-
-class _InnerLoop:
-    """The innermost run-loop wrapper (trylast): launches the in-target runs before the loop,
-    and re-runs divergent inside tests in their targets before plugin.py's rerun loop."""
-
-    def __init__(self, plugin: InsidePlugin):
-        self.plugin = plugin
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_finish(self, session):
-        """Ship and start the in-target runs while the controller is still setting up."""
-        config = session.config
-        if not config.option.collectonly and not hasattr(config, "workerinput") \
-                and not _is_xdist_controller(config):
-            self.plugin.start(session.items)
-
-    @pytest.hookimpl(wrapper=True, trylast=True)
-    def pytest_runtestloop(self, session):
-        result = yield
-        self.plugin.rerun(session)
-        return result
 
 
 # -- helpers ---------------------------------------------------------------------------------

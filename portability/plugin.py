@@ -181,19 +181,24 @@ class _Recorder:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtestloop(session: pytest.Session):
+    """After the run: re-run the cells of divergent tests to tell flaky ones from real ones."""
     result = yield
-    run = session.config.stash[_RUN]
-    times = session.config.getoption("portability_rerun")
-    if times > 0 and not session.shouldfail and not session.shouldstop \
-            and not hasattr(session.config, "workerinput"):
-        from _pytest.runner import runtestprotocol
+    config = session.config
+    times = config.getoption("portability_rerun")
+    if times <= 0 or session.shouldfail or session.shouldstop or hasattr(config, "workerinput"):
+        return result
+    from _pytest.runner import runtestprotocol
 
-        items = {(_prop(i, TEST_PROP), _prop(i, TARGET_PROP)): i
-                 for i in session.items}
-        for key in run.rerun_candidates():
-            item = items.get(key)
-            for _ in range(times if item is not None else 0):
-                run.record_rerun(key, runtestprotocol(item, nextitem=None, log=False))
+    from portability import inside
+
+    config.pluginmanager.get_plugin("portability-inside").rerun(session)  # in their targets
+    run = config.stash[_RUN]
+    items = {(_prop(i, TEST_PROP), _prop(i, TARGET_PROP)): i for i in session.items
+             if not inside.runs_inside(i)}
+    for key in run.rerun_candidates():
+        item = items.get(key)
+        for _ in range(times if item is not None else 0):
+            run.record_rerun(key, runtestprotocol(item, nextitem=None, log=False))
     return result
 
 

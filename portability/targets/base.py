@@ -44,6 +44,12 @@ class Spec:
     env: Mapping[str, str] = field(default_factory=dict)
     #: CI runner label this target needs (`portability matrix` puts it into the job matrix).
     runner: str | None = None
+    #: Inside mode: the interpreter that runs the tests in the target (default: python3; on
+    #: kind local, the controller's own interpreter).
+    python: str | None = None
+    #: Inside mode: shell commands run in the shipped project before the tests (e.g.
+    #: ``pip install -e .[test]``); a failing command makes the target's inside tests error.
+    install: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
