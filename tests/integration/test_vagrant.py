@@ -101,7 +101,8 @@ def test_plugin_runs_suites_on_local_ssh_container_and_vagrant(vagrant_box, debi
             f"  remote: {{kind: ssh, host: 127.0.0.1, port: {server.port}, user: root,\n"
             f"           identity_file: '{server.client_key}', known_hosts: '{server.known_hosts}',\n"
             f"           copy: ['{app}']}}\n"
-            f"  vm: {{kind: vagrant, box: '{vagrant_box}', provider: libvirt, copy: ['{app}']}}\n")
+            f"  vm: {{kind: vagrant, vagrantfile_dir: '{REPO / 'tests' / 'vagrant'}',\n"
+            f"        provider: libvirt, copy: ['{app}']}}\n")
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
              f"--targets-file={tmp_path / 'targets.yaml'}", "--targets=all",
@@ -121,6 +122,7 @@ def test_plugin_runs_suites_on_local_ssh_container_and_vagrant(vagrant_box, debi
     assert vm_facts["kernel_release"] != os.uname().release
     assert vm_facts["virtualization"] == "vm"
     assert leftovers(report["session"]) == []
+    assert not (REPO / "tests" / "vagrant" / ".vagrant").exists()
 
 
 def test_failed_up_keeps_the_vm_on_success_policy_and_clean_destroys_it(vagrant_box, tmp_path):
