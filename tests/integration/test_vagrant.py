@@ -247,3 +247,18 @@ def test_vm_of_a_killed_session_is_destroyed_by_portability_clean(vagrant_box, t
     finally:
         clean_stale(lambda s: s != session)
     assert leftovers(session) == []
+
+
+def test_up_timeout_interrupts_vagrant_and_leaves_nothing(vagrant_box, tmp_path):
+    session = f"test-vagrant-timeout-{os.getpid()}"
+    target = VagrantTarget(VagrantSpec(name="slow", box=vagrant_box, provider="libvirt",
+                                       up_timeout=8),
+                           session=session, base_dir=tmp_path)
+    try:
+        with pytest.raises(TargetUnavailable) as info:
+            target.start()
+        assert "did not finish within 8 s (up_timeout)" in str(info.value)
+        assert "\n" not in str(info.value)
+    finally:
+        target.stop()
+    assert leftovers(session) == []
