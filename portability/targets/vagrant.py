@@ -271,16 +271,24 @@ class VagrantTarget(Target):
                                     f"{self._log_tail()}")
 
     def _interrupt_up(self) -> None:
-        """Ctrl-C for the `vagrant up` still running (Vagrant then cleans up what it began)."""
-        for pid in _children_running(os.getpid(), "vagrant"):
+        """Ctrl-C for the `vagrant up` still running (Vagrant then cleans up what it began).
+
+        python-vagrant does not expose its subprocess: ours is the child whose environment
+        carries this target's VAGRANT_DOTFILE_PATH (other targets' ups are left alone)."""
+        mark = f"VAGRANT_DOTFILE_PATH={self.session_dir / '.vagrant'}"
+
+        def ours() -> list[int]:
+            return _children_with_env(os.getpid(), mark)
+
+        for pid in ours():
             try:
                 os.kill(pid, signal.SIGINT)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _children_running(os.getpid(), "vagrant"):
+        while time.monotonic() < deadline and ours():
             time.sleep(0.5)
-        for pid in _children_running(os.getpid(), "vagrant"):
+        for pid in ours():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -383,23 +391,23 @@ def _destroy(machine_env, machine: str | None) -> bool:
     return True
 
 
-def _children_running(parent: int, name: str) -> list[int]:
+def _children_with_env(parent: int, entry_text: str) -> list[int]:
+    """Live children of ``parent`` whose environment holds ``entry_text`` ("NAME=value")."""
+    wanted = entry_text.encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().decode(errors="replace")
-        except OSError:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) != parent or fields[0] == "Z":
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except (OSError, IndexError, ValueError):
             continue
-        try:
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (IndexError, ValueError):
-            continue
-        if ppid == parent and name in cmdline:
+        if wanted in environ:
             found.append(int(entry))
     return found
 
