@@ -34,11 +34,22 @@ def unpack(archive: BinaryIO, name: str, local: Path) -> None:
             tar.extractall(tmp)
         extracted = Path(tmp) / name
         if local.is_dir() and extracted.is_dir():
-            shutil.copytree(extracted, local, dirs_exist_ok=True, symlinks=True)
+            merge_tree(extracted, local)
         else:
             if local.is_dir():
                 shutil.rmtree(local)
             os.replace(extracted, local)
+
+
+def merge_tree(src: Path, dst: Path) -> None:
+    """Copy the tree ``src`` into ``dst``; an existing ``dst`` keeps its own mode.
+
+    (``shutil.copytree`` would give it the source's mode: merging into /tmp would make it 0755.)
+    """
+    mode = dst.stat().st_mode if dst.is_dir() else None
+    shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=True)
+    if mode is not None:
+        os.chmod(dst, mode)
 
 
 def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:

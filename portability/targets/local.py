@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from portability.targets import archive
 from portability.targets.base import Command, Result, Spec, Target
 
 
@@ -92,7 +93,7 @@ class LocalTarget(Target):
         local = Path(local)
         Path(remote).parent.mkdir(parents=True, exist_ok=True)
         if local.is_dir():
-            shutil.copytree(local, remote, dirs_exist_ok=True, symlinks=True)
+            archive.merge_tree(local, Path(remote))
         else:
             shutil.copy2(local, remote)
 

@@ -35,6 +35,7 @@ from typing import Literal, Mapping
 
 from portability.agent.channel import AgentChannel, ChannelClosed
 from portability.errors import TargetLost, TargetUnavailable
+from portability.targets import archive
 from portability.targets.base import Command, Result, Spec, Target
 
 HostKeyPolicy = Literal["verify", "accept-new", "insecure"]
@@ -904,25 +905,16 @@ def _sftp_get_tree(sftp, remote: str, local: Path) -> None:
 def _put_tar(target: Target, local: Path, remote: str) -> None:
     """With ``sudo:`` files go through tar on the (root) command channel: SFTP runs as the
     login user and could not write where root's commands expect them."""
-    import io
-    import tarfile
-
     remote = remote.rstrip("/") or "/"
     parent, name = os.path.split(remote)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(str(local), arcname=name)
     done = target.exec(f"mkdir -p {shlex.quote(parent or '/')} && tar -x -f - -C "
-                       f"{shlex.quote(parent or '/')}", stdin=buf.getvalue(), cwd="/")
+                       f"{shlex.quote(parent or '/')}", stdin=archive.pack(local, name), cwd="/")
     if done.rc != 0:
         raise OSError(f"{target.name}: putting {remote} failed: {done.stderr.strip()[:200]}")
 
 
 def _get_tar(target: Target, remote: str, local: Path) -> None:
     import io
-    import shutil
-    import tarfile
-    import tempfile
 
     parent, name = os.path.split(remote.rstrip("/"))
     done = target.exec(["tar", "-c", "-f", "-", "-C", parent or "/", name], cwd="/")
@@ -930,15 +922,7 @@ def _get_tar(target: Target, remote: str, local: Path) -> None:
         if "No such file" in done.stderr:
             raise FileNotFoundError(f"{target.name}:{remote}")
         raise OSError(f"{target.name}: getting {remote} failed: {done.stderr.strip()[:200]}")
-    with tarfile.open(fileobj=io.BytesIO(done.stdout_bytes)) as tar, \
-            tempfile.TemporaryDirectory() as tmp:
-        tar.extractall(tmp, filter="tar")
-        extracted = Path(tmp) / name
-        local.parent.mkdir(parents=True, exist_ok=True)
-        if extracted.is_dir():
-            shutil.copytree(extracted, local, dirs_exist_ok=True, symlinks=True)
-        else:
-            os.replace(extracted, local)
+    archive.unpack(io.BytesIO(done.stdout_bytes), name, local)
 
 
 def _local_user() -> str:
