@@ -148,15 +148,18 @@ def pytest_collection_modifyitems(session, config: pytest.Config, items) -> None
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    """In the process that owns the target: attach its state once, note failures."""
     outcome = yield
-    if call.when != "setup":
-        return
     callspec = getattr(item, "callspec", None)
     if callspec is None or _PARAM not in callspec.params:
         return
-    prop = item.config.stash[_RUN].state_property(callspec.params[_PARAM])
-    if prop:
-        outcome.get_result().user_properties.append(prop)
+    run, name, report = item.config.stash[_RUN], callspec.params[_PARAM], outcome.get_result()
+    if report.failed and run.has_pool():
+        run.pool.mark_failed(name)
+    if call.when == "setup":
+        prop = run.state_property(name)
+        if prop:
+            report.user_properties.append(prop)
 
 
 @pytest.hookimpl(trylast=True)

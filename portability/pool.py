@@ -81,6 +81,12 @@ class TargetPool:
             raise TargetUnavailable(name, state.error or "did not start")
         return state.target
 
+    def mark_failed(self, name: str) -> None:
+        """A test failed on this target (kinds may keep evidence on stop)."""
+        target = self.states[name].target
+        if target is not None:
+            target.failed = True
+
     def mark_lost(self, name: str, reason: str) -> None:
         state = self.states[name]
         if state.status == "ready":
@@ -110,6 +116,7 @@ class TargetPool:
             self._progress(name, f"unavailable: {state.error}", time.monotonic() - started)
             return
         state.target = target
+        target.progress = lambda message: self._progress(name, message, time.monotonic() - started)
         try:
             target.start()
             state.facts = facts_mod.probe(target)

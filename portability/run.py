@@ -71,6 +71,9 @@ class PortabilityRun:
                 )
             return self._pool
 
+    def has_pool(self) -> bool:
+        return self._pool is not None
+
     def prefetch(self, names) -> None:
         self.pool.prefetch(names)
 

@@ -17,7 +17,7 @@ import abc
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Mapping, Sequence, Union
+from typing import Callable, ClassVar, Mapping, Sequence, Union
 
 from portability.errors import CommandFailed
 from portability.session import OWNER_LABEL, SESSION_LABEL, TARGET_LABEL, current_owner
@@ -122,6 +122,11 @@ class Target(abc.ABC):
         self.session = session
         #: Relative ``copy:`` paths are resolved against this (the targets file's directory).
         self.base_dir = base_dir
+        #: Called with a one-line message at each step of a slow ``start()`` (the pool sets it).
+        self.progress: Callable[[str], None] | None = None
+        #: Set by the session when a test failed on this target before ``stop()``; a kind may
+        #: keep evidence then (vagrant's ``destroy: on-success``).
+        self.failed = False
 
     @classmethod
     def check_engine(cls, spec: Spec) -> str | None:

@@ -105,10 +105,6 @@ class VagrantTarget(Target):
     def __init__(self, spec: VagrantSpec, *, session: str, base_dir: Path):
         super().__init__(spec, session=session, base_dir=base_dir)
         self.spec: VagrantSpec = spec
-        #: Called with each `vagrant up` progress line (the pool may set it); else logged.
-        self.progress: Callable[[str], None] | None = None
-        #: Set when the session saw this target fail; `destroy: on-success` then keeps the VM.
-        self.failed = False
         self.session_dir: Path | None = None
         self.port: int | None = None
         self._vagrant = None
