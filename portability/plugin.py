@@ -13,7 +13,8 @@ import pytest
 from portability.errors import PortabilityError, TargetLost, TargetUnavailable
 from portability.markers import FACT_MARKERS, marker_criteria, skip_decision
 from portability.progress import ProgressLines
-from portability.run import EXPECTED_PROP, OBSERVE_PROP, TARGET_PROP, TEST_PROP, PortabilityRun
+from portability.run import (EXPECTED_PROP, OBSERVE_PROP, TARGET_PROP, TEST_PROP,
+                             PortabilityRun, is_xdist_controller, item_property)
 
 _RUN = pytest.StashKey["PortabilityRun"]()
 _REPORT = pytest.StashKey[object]()
@@ -142,7 +143,7 @@ def pytest_collection_modifyitems(session, config: pytest.Config, items) -> None
         if name not in needed:
             needed.append(name)
     run = config.stash[_RUN]
-    if needed and not hasattr(config, "workerinput") and not _is_xdist_controller(config):
+    if needed and not hasattr(config, "workerinput") and not is_xdist_controller(config):
         run.prefetch(needed)
 
 
@@ -196,7 +197,7 @@ def pytest_runtestloop(session: pytest.Session):
 
     config.pluginmanager.get_plugin("portability-inside").rerun(session)  # in their targets
     run = config.stash[_RUN]
-    items = {(_prop(i, TEST_PROP), _prop(i, TARGET_PROP)): i for i in session.items
+    items = {(item_property(i, TEST_PROP), item_property(i, TARGET_PROP)): i for i in session.items
              if not inside.runs_inside(i)}
     for key in run.rerun_candidates():
         item = items.get(key)
@@ -330,13 +331,6 @@ def _apply_fact_markers(request, handle) -> None:
 
 # -- helpers -------------------------------------------------------------------------------
 
-def _prop(item, key: str):
-    for name, value in item.user_properties:
-        if name == key:
-            return value
-    return None
-
-
 def _base_id(item, name: str) -> str:
     """The nodeid without this plugin's [target] id part, keeping other parameters."""
     nodeid = item.nodeid
@@ -354,11 +348,6 @@ def _testinfra_hosts_given(config) -> bool:
         return bool(config.getoption("hosts"))
     except ValueError:  # testinfra not installed
         return False
-
-
-def _is_xdist_controller(config) -> bool:
-    return getattr(config.option, "numprocesses", None) not in (None, 0) and \
-        config.pluginmanager.hasplugin("dsession")
 
 
 def _terminate_as_interrupt() -> None:

@@ -238,3 +238,17 @@ def _message(report) -> str | None:
     text = crash.message if crash is not None else str(report.longrepr or "")
     text = text.strip()
     return text.splitlines()[0][:500] if text else None
+
+
+def item_property(item, key: str):
+    """The value of a user property of a pytest item (None when absent)."""
+    for name, value in item.user_properties:
+        if name == key:
+            return value
+    return None
+
+
+def is_xdist_controller(config) -> bool:
+    """Whether this process is pytest-xdist's controller (targets live on the workers)."""
+    return getattr(config.option, "numprocesses", None) not in (None, 0) and \
+        config.pluginmanager.hasplugin("dsession")
