@@ -107,12 +107,12 @@ def _spec_summary(spec) -> str:
 
 def cmd_facts(args) -> int:
     from portability.pool import TargetPool
-    from portability.session import Session
+    from portability.session import new_session_id
 
     config = load_config(args)
     if args.name not in config.targets:
         config.select(args.name)  # raises the usual "unknown target" error with the list
-    pool = TargetPool({args.name: config.targets[args.name]}, session=Session.new().id,
+    pool = TargetPool({args.name: config.targets[args.name]}, session=new_session_id(),
                       base_dir=config.base_dir)
     try:
         pool.acquire(args.name)

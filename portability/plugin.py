@@ -100,7 +100,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_configure_node(node) -> None:
     """xdist controller -> worker: share one session id so labels group the whole run."""
-    node.workerinput["portability_session"] = node.config.stash[_RUN].session.id
+    node.workerinput["portability_session"] = node.config.stash[_RUN].session_id
     node.workerinput["portability_loadgroup"] = node.config.option.dist == "loadgroup"
 
 
@@ -296,7 +296,11 @@ def target(request, _portability_target):
     try:
         handle = run.handle(_portability_target)
     except (TargetUnavailable, TargetLost) as exc:
-        pytest.fail(str(exc), pytrace=False)
+        reason = str(exc)
+    else:
+        reason = None
+    if reason is not None:  # outside the except block: one line, no chained traceback
+        pytest.fail(reason, pytrace=False)
     _apply_fact_markers(request, handle)
     handle.bind_observer(lambda name, value: request.node.user_properties.append(
         (OBSERVE_PROP, json.dumps([name, value], default=str))))

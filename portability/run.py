@@ -20,7 +20,7 @@ from portability.config import Config
 from portability.errors import TargetLost
 from portability.handle import TargetHandle
 from portability.pool import TargetPool, TargetState
-from portability.session import Session
+from portability.session import new_session_id
 
 TARGET_PROP = "portability.target"
 TEST_PROP = "portability.test"
@@ -41,7 +41,7 @@ class PortabilityRun:
     ):
         self.config = config
         self.selection = selection
-        self.session = Session.new() if session_id is None else Session(session_id, "")
+        self.session_id = session_id or new_session_id()
         self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._keep = keep
         self._progress = progress
@@ -64,7 +64,7 @@ class PortabilityRun:
             if self._pool is None:
                 self._pool = TargetPool(
                     {name: self.config.targets[name] for name in self.selection},
-                    session=self.session.id,
+                    session=self.session_id,
                     base_dir=self.config.base_dir,
                     keep=self._keep,
                     progress=self._progress,
@@ -173,7 +173,7 @@ class PortabilityRun:
     def report(self) -> dict:
         from portability.report.json_report import build_report
 
-        return build_report(session=self.session.id, created=self.created,
+        return build_report(session=self.session_id, created=self.created,
                             targets=self.target_infos(), cells=self.cells(),
                             observations=self.observations)
 

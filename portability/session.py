@@ -10,7 +10,6 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass
 from typing import Mapping
 
 SESSION_LABEL = "io.portability.session"
@@ -34,21 +33,9 @@ def current_owner() -> str:
     return f"{socket.gethostname()}/{pid}/{_process_start(pid)}"
 
 
-@dataclass(frozen=True)
-class Session:
-    id: str
-    owner: str
-
-    @classmethod
-    def new(cls) -> "Session":
-        sid = f"{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
-        return cls(id=sid, owner=current_owner())
-
-    def labels(self, target: str | None = None) -> dict[str, str]:
-        labels = {SESSION_LABEL: self.id, OWNER_LABEL: self.owner}
-        if target is not None:
-            labels[TARGET_LABEL] = target
-        return labels
+def new_session_id() -> str:
+    """"<YYYYmmddHHMMSS>-<pid>-<random>": sortable, and names the process that started it."""
+    return f"{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def owner_alive(owner: str | None) -> bool:
