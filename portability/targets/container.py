@@ -310,6 +310,10 @@ class ContainerTarget(Target):
     def _exec_docker(self, command, *, timeout, env, cwd, stdin) -> Result:
         """One ``docker exec`` per command: the fallback when the agent is unavailable."""
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+        # A shell changes directory and execs the command, so a missing program or directory
+        # answers as it does through the agent (127 / 126 / 1), not with an engine error.
+        argv = ["/bin/sh", "-c", 'cd "$1" || exit 1; shift; exec "$@"', "sh",
+                cwd or self.workdir, *argv]
         if timeout is not None:
             # Without the agent, the engine has no per-exec kill; `timeout` exists in
             # coreutils and busybox images alike.
@@ -318,7 +322,7 @@ class ContainerTarget(Target):
         started = time.perf_counter()
         exec_id = api.exec_create(self._container_id, argv, stdin=stdin is not None, stdout=True,
                                   stderr=True, environment=dict(env or {}) or None,
-                                  workdir=cwd or self.workdir, user=self.spec.user or "")["Id"]
+                                  workdir="/", user=self.spec.user or "")["Id"]
         stream = _DockerStream(api.exec_start(exec_id, socket=True))
         out, err = bytearray(), bytearray()
         try:

@@ -137,3 +137,28 @@ def test_clean_stale_removes_only_dead_sessions(busybox_image, docker_client):
         assert not docker_client.api.containers(all=True, filters={"id": orphan_id})
     finally:
         live.stop()
+
+
+@pytest.mark.parametrize("image_fixture", ["busybox_image", "debian_image"])
+def test_exec_without_the_agent_keeps_the_semantics(started, request, image_fixture, tmp_path,
+                                                    monkeypatch):
+    """Where the agent cannot be built (no C compiler here), each command is one docker exec."""
+    import portability.targets.container as container_mod
+    from exec_contract import (check_env_and_cwd, check_exit_codes,
+                               check_output_is_binary_safe_and_separate, check_put_get, check_stdin)
+    from portability.agent import AgentUnavailable
+
+    def no_agent():
+        raise AgentUnavailable("no C compiler")
+
+    monkeypatch.setattr(container_mod, "agent_binary", no_agent)
+    target = started(container(request.getfixturevalue(image_fixture)))
+    assert not target._use_agent
+    check_exit_codes(target)
+    check_output_is_binary_safe_and_separate(target)
+    check_stdin(target)
+    check_env_and_cwd(target)
+    check_put_get(target, tmp_path)
+    result = target.exec("sleep 30", timeout=1)
+    assert result.timed_out and result.rc == 124
+    assert target.exec(["echo", "alive"]).stdout == "alive\n"
