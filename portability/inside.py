@@ -46,11 +46,10 @@ from typing import Any
 import pytest
 
 from portability.errors import PortabilityError, TargetLost, TargetUnavailable
+from portability.run import (EXPECTED_PROP, TARGET_PROP, TEST_PROP, is_xdist_controller,
+                             item_property)
 
 _PARAM = "_portability_target"
-TARGET_PROP = "portability.target"
-TEST_PROP = "portability.test"
-EXPECTED_PROP = "portability.expected"
 #: The directory under the target's workdir that inside mode owns (removed at the end).
 REMOTE_DIR = "portability-inside"
 REMOTE_MODULE = "_portability_inside"
@@ -147,7 +146,6 @@ class _Run:
     ended: bool = False
     internal: str | None = None
     last_progress: float = field(default_factory=time.monotonic)
-    stopped: bool = False
 
     @property
     def results(self) -> str:
@@ -165,18 +163,24 @@ class InsidePlugin:
         self.run = run
         self.config: pytest.Config | None = None
         self._lock = threading.Lock()
-        self._prepared: dict[str, threading.Event] = {}
-        self._prepare_result: dict[str, _Prepared | str] = {}
         self._runs: dict[str, _Run] = {}  # the main pass, per target
         self._all_runs: list[_Run] = []
+        #: Every directory inside mode wrote to, from its first write on (so a preparation
+        #: that failed half-way, or is still going at Ctrl-C, is removed too).
+        self._roots: dict[str, Any] = {}
         self._numbers = 0
         self._cancelled = False
         self._stage: Path | None = None
+        self._extra_args: list[str] = []
 
     # -- hooks -------------------------------------------------------------------------------
 
     def pytest_configure(self, config: pytest.Config) -> None:
         self.config = config
+        try:
+            self._extra_args = shlex.split(config.getoption("portability_inside_args") or "")
+        except ValueError as exc:
+            raise pytest.UsageError(f"--inside-args: {exc} (one shell-quoted string)") from None
         config.addinivalue_line("markers", "inside: run this test inside each target "
                                            "(pytest-portability inside mode)")
 
@@ -185,7 +189,7 @@ class InsidePlugin:
         """Ship and start the in-target runs while the controller is still setting up."""
         config = session.config
         if not config.option.collectonly and not hasattr(config, "workerinput") \
-                and not _is_xdist_controller(config):
+                and not is_xdist_controller(config):
             self.start(session.items)
 
     def pytest_collection_modifyitems(self, session, config, items) -> None:
@@ -245,17 +249,21 @@ class InsidePlugin:
         if run is None:  # not started by the run loop (xdist worker, or a late item)
             self.start([i for i in item.session.items if i.stash.get(_INSIDE, None) == name])
             run = self._runs[name]
-        base = _base_id(item)
         expected = self._expected_skip(run, item)
         if expected is not None:
             return expected
+        return self._replay(run, item)
+
+    def _replay(self, run: _Run, item) -> list:
+        """This item's reports from one in-target run (waiting for them), or an error."""
         _wait(run.launched)
         if run.error is not None:
-            return self._error_reports(item, name, run.error)
+            return self._error_reports(item, run.target, run.error)
+        base = _base_id(item)
         reports = self._wait_for(run, base)
         if reports is None:
-            return self._error_reports(item, name, self._missing_reason(run, base))
-        return [self._convert(item, name, run, data) for data in reports]
+            return self._error_reports(item, run.target, self._missing_reason(run, base))
+        return [self._convert(item, run.target, run, data) for data in reports]
 
     def _expected_skip(self, run: _Run, item) -> list | None:
         """The fact markers (kernel/userland/skip_on/only_on) decided on the controller."""
@@ -278,57 +286,30 @@ class InsidePlugin:
     def _launch(self, run: _Run, items) -> None:
         _trace(run.target, "launch thread")
         try:
-            prepared = self._prepare(run.target, items)
+            run.prepared = self._prepare(run.target)
             _trace(run.target, "prepared")
-            run.prepared = prepared
             # Tests skipped by fact markers never run inside.
-            nodeids = [_base_id(i) for i in items if _fact_skip(i, prepared.handle) is None]
-            run.nodeids = nodeids
-            if nodeids:
+            run.nodeids = [_base_id(i) for i in items
+                           if _fact_skip(i, run.prepared.handle) is None]
+            if run.nodeids:
                 self._start_run(run)
             else:
                 run.ended = True
-        except _Unusable as exc:
-            run.error = str(exc)
-        except (TargetUnavailable, TargetLost) as exc:
-            run.error = str(exc)
-        except (PortabilityError, OSError) as exc:
-            run.error = f"{run.target}: inside mode: {_first_line(exc)}"
         except Exception as exc:  # noqa: BLE001 — a bug must error these tests, not hang them
-            run.error = f"{run.target}: inside mode: {type(exc).__name__}: {_first_line(exc)}"
+            run.error = _reason(run.target, exc)
         finally:
             run.launched.set()
 
-    def _prepare(self, name: str, items) -> _Prepared:
-        with self._lock:
-            event = self._prepared.get(name)
-            owner = event is None
-            if owner:
-                event = self._prepared[name] = threading.Event()
-        if not owner:
-            _wait(event)
-        else:
-            try:
-                self._prepare_result[name] = self._do_prepare(name)
-            except (_Unusable, TargetUnavailable, TargetLost) as exc:
-                self._prepare_result[name] = str(exc)
-            except Exception as exc:  # noqa: BLE001 — reported once per target, one line
-                self._prepare_result[name] = (f"{name}: inside mode: {type(exc).__name__}: "
-                                              f"{_first_line(exc)}")
-            finally:
-                event.set()
-        result = self._prepare_result.get(name)
-        if isinstance(result, _Prepared):
-            return result
-        raise _Unusable(result or f"{name}: inside mode: preparation failed")
-
-    def _do_prepare(self, name: str) -> _Prepared:
+    def _prepare(self, name: str) -> _Prepared:
+        """Once per target (start() launches one main run per target; reruns reuse it)."""
         handle = self.run.handle(name)
         _trace(name, "target ready")
         spec = handle.spec
         python = spec.python or (sys.executable if handle.kind == "local"
                                                     else "python3")
         root = handle.path(REMOTE_DIR)
+        with self._lock:
+            self._roots[root] = handle
         handle.exec(["rm", "-rf", root], cwd="/", timeout=120)
         probe = handle.exec([python, "-c", _PROBE], cwd="/", timeout=120)
         if probe.rc != 0:
@@ -383,7 +364,7 @@ class InsidePlugin:
             argv.append(f"--maxfail={maxfail}")
         if config.getoption("runxfail", False):
             argv.append("--runxfail")
-        argv += shlex.split(config.getoption("portability_inside_args") or "")
+        argv += self._extra_args
         files = list(dict.fromkeys(n.split("::", 1)[0] for n in run.nodeids))
         argv += files
         ids_path = f"{prepared.root}/ids-{run.number}.json"
@@ -603,7 +584,7 @@ class InsidePlugin:
         if times <= 0 or session.shouldfail or session.shouldstop or \
                 hasattr(config, "workerinput"):
             return
-        inside = {(_prop(i, TEST_PROP), _prop(i, TARGET_PROP)): i for i in session.items
+        inside = {(item_property(i, TEST_PROP), item_property(i, TARGET_PROP)): i for i in session.items
                   if i.stash.get(_INSIDE, None) is not None}
         if not inside:
             return
@@ -621,47 +602,41 @@ class InsidePlugin:
                 run.prepared = main.prepared
                 try:
                     self._start_run(run)
-                except _Unusable as exc:
-                    run.error = str(exc)
+                except Exception as exc:  # noqa: BLE001 — a lost target errors its cells
+                    run.error = _reason(run.target, exc)
                 run.launched.set()
                 runs.append((run, target_keys))
             for run, target_keys in runs:
                 for key in target_keys:
-                    item = inside[key]
-                    if run.error:
-                        reports = self._error_reports(item, run.target, run.error)
-                    else:
-                        found = self._wait_for(run, _base_id(item))
-                        reports = [self._convert(item, run.target, run, d) for d in found] \
-                            if found is not None else \
-                            self._error_reports(item, run.target, self._missing_reason(
-                                run, _base_id(item)))
-                    self.run.record_rerun(key, reports)
+                    self.run.record_rerun(key, self._replay(run, inside[key]))
 
     # -- cleanup -----------------------------------------------------------------------------
 
     def cleanup(self) -> None:
-        """Stop every in-target run and remove what inside mode put into the targets."""
+        """Stop every in-target run and remove what inside mode put into the targets.
+
+        Idempotent: called at session finish and again at unconfigure (after a usage error).
+        """
         from portability.pool import _sigint_held
 
         with _sigint_held():
             self._cancelled = True
-            roots: dict[str, Any] = {}
             pids: dict[str, list[int]] = {}
             for run in self._all_runs:
-                if run.prepared is not None and run.pid is not None and not run.ended:
-                    try:  # a run that already finished needs no signal (and its pid may be reused)
+                if run.prepared is None:
+                    continue
+                if run.pid is not None and not run.ended:
+                    try:  # a run that already finished needs no signal (its pid may be reused)
                         while self._poll(run):
                             pass
                     except Exception:  # noqa: BLE001 — best effort: the kill below is the safe side
                         pass
-                with run.lock:
-                    if run.prepared is None:
-                        continue
-                    roots[run.prepared.root] = run.prepared.handle
-                    if run.pid is not None and not run.stopped and not run.ended:
+                with run.lock:  # a run being started now either gets its pid first or sees _cancelled
+                    if run.pid is not None and not run.ended:
                         pids.setdefault(run.prepared.root, []).append(run.pid)
-                    run.stopped = True
+            self._all_runs = []
+            with self._lock:
+                roots, self._roots = self._roots, {}
             # With --keep-targets the project stays, so the "reproduce" commands keep working;
             # containers and VMs (a tmpfs overlay) are discarded whole by the pool anyway.
             keep = bool(self.config and self.config.getoption("portability_keep", False))
@@ -707,8 +682,7 @@ def _synthetic(item, outcome: str, text: str, props: list, run, name: str) -> li
     if state:
         setup_props.append(state)
     if outcome == "skipped":
-        path, lineno, _ = item.location
-        longrepr: Any = (str(item.path), (lineno or 0) + 1, text)
+        longrepr: Any = (str(item.path), (item.location[1] or 0) + 1, text)
     else:
         longrepr = text
     setup = TestReport(item.nodeid, item.location, {x: 1 for x in item.keywords}, outcome,
@@ -788,11 +762,6 @@ def _trace(target: str, what: str) -> None:
         sys.stderr.write(f"[inside {time.monotonic() - _T0:7.3f}] {target}: {what}\n")
 
 
-def _is_xdist_controller(config) -> bool:
-    return getattr(config.option, "numprocesses", None) not in (None, 0) and \
-        config.pluginmanager.hasplugin("dsession")
-
-
 def _wait(event: threading.Event) -> None:
     # A plain wait() cannot be interrupted by Ctrl-C on the main thread; short waits can.
     while not event.wait(0.05):
@@ -800,14 +769,16 @@ def _wait(event: threading.Event) -> None:
 
 
 def _base_id(item) -> str:
-    return _prop(item, TEST_PROP) or item.nodeid
+    return item_property(item, TEST_PROP) or item.nodeid
 
 
-def _prop(item, key: str):
-    for name, value in item.user_properties:
-        if name == key:
-            return value
-    return None
+def _reason(target: str, exc: Exception) -> str:
+    """One line for a run that could not be prepared or started."""
+    if isinstance(exc, (_Unusable, TargetUnavailable, TargetLost)):
+        return str(exc)
+    if isinstance(exc, (PortabilityError, OSError)):
+        return f"{target}: inside mode: {_first_line(exc)}"
+    return f"{target}: inside mode: {type(exc).__name__}: {_first_line(exc)}"
 
 
 def _first_line(value: object) -> str:
@@ -921,6 +892,14 @@ def bundle_zip(bundle: Path) -> Path:
     return target
 
 
+def _marker_env(python_version: str) -> dict[str, str]:
+    """Environment-marker values of the target's CPython on Linux (not the controller's)."""
+    return {"python_version": ".".join(python_version.split(".")[:2]),
+            "python_full_version": python_version, "sys_platform": "linux",
+            "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython",
+            "platform_python_implementation": "CPython", "extra": ""}
+
+
 def _controller_dists(python_version: str):
     from importlib import metadata
 
@@ -928,10 +907,7 @@ def _controller_dists(python_version: str):
     from packaging.specifiers import SpecifierSet
     from packaging.version import Version
 
-    env = {"python_version": ".".join(python_version.split(".")[:2]),
-           "python_full_version": python_version, "sys_platform": "linux",
-           "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython",
-           "platform_python_implementation": "CPython", "extra": ""}
+    env = _marker_env(python_version)
     todo, seen = ["pytest"], {}
     while todo:
         name = todo.pop()
@@ -980,9 +956,7 @@ def _fill_from_pip(dest: Path, minor: str, target: str) -> None:
     # pip honours --python-version for Requires-Python but evaluates environment markers
     # (`exceptiongroup; python_version < "3.11"`) for the interpreter it runs on: close the
     # dependency set for the target's version ourselves.
-    env = {"python_version": minor, "python_full_version": f"{minor}.0", "sys_platform": "linux",
-           "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython",
-           "platform_python_implementation": "CPython", "extra": ""}
+    env = _marker_env(f"{minor}.0")
     wanted, have = ["pytest"], set()
     while wanted:
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet",

@@ -360,6 +360,35 @@ def test_interrupt_leaves_nothing_behind(tmp_path, debian_image, docker_client):
     assert "KeyboardInterrupt" in out or "Interrupted" in out
 
 
+def test_failing_install_errors_with_one_line_and_leaves_no_files(tmp_path):
+    """A failed `install:` command: the target's inside tests error with a line naming the
+    command and targets.yaml; the half-prepared directory is still removed at the end."""
+    workdir = tmp_path / "local-workdir"
+    project = tmp_path / "proj"
+    project.mkdir()
+    write_project(project, None, SMALL)
+    project.joinpath("targets.yaml").write_text(
+        "targets:\n"
+        f"  local: {{kind: local, workdir: '{workdir}', install: ['echo no luck >&2; exit 3']}}\n")
+    proc = run_pytest(project, "--targets=local", "--portability-json=out.json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    got = cells(json.loads((project / "out.json").read_text()))
+    assert {cell["outcome"] for cell in got.values()} == {"error"}
+    message = got[("test_app.py::test_pass", "local")]["message"]
+    assert "install command `echo no luck >&2; exit 3` exited 3: no luck" in message
+    assert "targets.yaml:2: install" in message
+    assert "Traceback" not in proc.stdout
+    assert workdir.is_dir() and not (workdir / "portability-inside").exists()
+
+
+def test_bad_inside_args_is_a_usage_error(tmp_path):
+    write_project(tmp_path, None, SMALL)
+    proc = run_pytest(tmp_path, "--targets=local", "--inside-args=-k 'unclosed")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "--inside-args: No closing quotation" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
 def test_project_shipping_honours_gitignore(tmp_path):
     from portability.inside import project_files, stage_project
 
