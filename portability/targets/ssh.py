@@ -216,7 +216,6 @@ class SshConnection:
         self._sftp = None
         self._sftp_error: str | None = None
         self._agent: AgentChannel | None = None
-        self._agent_chan = None
         self.agent_path: str | None = None
         self.mode = "none"  # "agent" | "exec"
         self.home: str | None = None
@@ -239,19 +238,25 @@ class SshConnection:
         self.close()
         try:
             sock = None
-            for hop in self.endpoint.proxy_jump:
-                hop_ep = resolve_endpoint(hop, self._config, user=None, port=None)
+            hops = [resolve_endpoint(hop, self._config, user=None, port=None)
+                    for hop in self.endpoint.proxy_jump]
+            # Each hop tunnels to the next one, the last hop to the target.
+            for hop_ep, next_ep in zip(hops, hops[1:] + [self.endpoint]):
                 self._clients.append(self._open(hop_ep, sock, password=None))
-                sock = self._tunnel(self._clients[-1], self.endpoint)
+                sock = self._tunnel(self._clients[-1], next_ep)
             if sock is None and self.endpoint.proxy_command:
                 import paramiko
 
                 sock = paramiko.ProxyCommand(self.endpoint.proxy_command)
             self._clients.append(self._open(self.endpoint, sock, password=self._password))
+            self._start_agent()
         except TargetUnavailable:
             self.close()
             raise
-        self._start_agent()
+        except ChannelClosed as exc:
+            # The login worked but the server refuses sessions (e.g. MaxSessions 0).
+            self.close()
+            raise TargetUnavailable(self.name, f"SSH to {self.endpoint.label}: {exc}") from None
 
     def _tunnel(self, hop_client, dest: Endpoint):
         try:
@@ -358,9 +363,12 @@ class SshConnection:
         marker = f"PORTABILITY-AGENT-{secrets.token_hex(8)}"
         command = f"printf '%s\\n' {marker}; exec {'sudo -n ' if self.sudo else ''}" \
                   f"{shlex.quote(remote)} serve"
-        chan = self.client.get_transport().open_session(timeout=self.timeout)
-        chan.settimeout(self.timeout)
-        chan.exec_command(command)
+        try:
+            chan = self.client.get_transport().open_session(timeout=self.timeout)
+            chan.settimeout(self.timeout)
+            chan.exec_command(command)
+        except Exception as exc:
+            raise ChannelClosed(f"cannot open an SSH channel ({_first_line(exc)})") from exc
         stream = _ChannelStream(chan)
         agent = AgentChannel(stream)
         try:
@@ -371,7 +379,7 @@ class SshConnection:
             agent.close()
             raise _AgentNotUsable(f"the agent did not start ({detail})") from None
         chan.settimeout(None)
-        self._agent, self._agent_chan, self.agent_path = agent, chan, remote
+        self._agent, self.agent_path = agent, remote
 
     def _upload_agent(self, binary: Path, remote: str) -> None:
         try:
@@ -539,7 +547,6 @@ class SshConnection:
         if self._agent is not None:
             self._agent.close()
             self._agent = None
-        self._agent_chan = None
         if self._sftp is not None:
             try:
                 self._sftp.close()

@@ -62,7 +62,9 @@ class SshServer:
             (keys / user).write_text(pub)
             (keys / user).chmod(0o644)
         port = free_port()
+        # extra_config first: sshd keeps the first value it reads for a keyword.
         (tmp / "sshd_config").write_text(f"""\
+{extra_config}
 Port {port}
 ListenAddress 127.0.0.1
 HostKey {tmp}/host_ed25519
@@ -79,7 +81,6 @@ MaxStartups 50
 MaxSessions 50
 Subsystem sftp internal-sftp
 LogLevel VERBOSE
-{extra_config}
 """)
         # Debian's sshd refuses to start without its privilege separation directory.
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)

@@ -184,6 +184,43 @@ def test_proxy_jump_through_an_ssh_config_alias(started, sshd, tmp_path):
     assert target.exec(["echo", "through"]).stdout == "through\n"
 
 
+def test_two_jump_hosts_each_tunnel_to_the_next(started, sshd, own_sshd, tmp_path):
+    # app (sshd) through hop1 (sshd) then hop2 (own_sshd): hop1 must tunnel to hop2, not
+    # straight to app, or hop2's login would meet app's host key.
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd.host_key_line + "\n" + own_sshd.host_key_line + "\n")
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host hop1\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n"
+        f"  IdentityFile {sshd.client_key}\n"
+        f"Host hop2\n  HostName 127.0.0.1\n  Port {own_sshd.port}\n  User root\n"
+        f"  IdentityFile {own_sshd.client_key}\n"
+        f"Host app\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n"
+        f"  IdentityFile {sshd.client_key}\n  ProxyJump hop1,hop2\n"
+        f"Host *\n  UserKnownHostsFile {known}\n")
+    target = started(SshTarget(SshSpec(name="two-hops", host="app", ssh_config=str(config)),
+                               session="test-ssh", base_dir=tmp_path))
+    clients = target.connection._clients
+    assert len(clients) == 3 and clients[0].get_transport().getpeername()[1] == sshd.port
+    assert target.exec(["echo", "through"]).stdout == "through\n"
+
+
+def test_server_refusing_sessions_is_unavailable_in_one_line(started, tmp_path):
+    require(sshd_available(), "no sshd")
+    # Logins succeed, but no session channel opens: neither the probe nor the agent can run.
+    server = SshServer.start(extra_config="MaxSessions 0")
+    try:
+        target = ssh_target(server, name="nosessions")
+        with pytest.raises(TargetUnavailable) as info:
+            started(target)
+        message = str(info.value)
+        assert "nosessions" in message and "cannot open an SSH channel" in message
+        assert "\n" not in message
+        assert target.connection.client is None  # the connection was closed, not left open
+    finally:
+        server.stop()
+
+
 def test_password_from_environment_never_leaks(started, tmp_path, monkeypatch):
     require(sshd_available(), "no sshd")
     require(subprocess.run(["id", TEST_USER], capture_output=True).returncode == 0,
