@@ -39,12 +39,15 @@ def from_container_image(image: str, *, engine_url: str | None = None,
     try:
         client = (docker.DockerClient(base_url=engine_url, timeout=300) if engine_url
                   else docker.from_env(timeout=300))
-        image_id = client.images.get(image).id
-    except derr.ImageNotFound:
-        raise RootfsError(f"container image {image} is not present; build or pull it first") from None
     except derr.DockerException as exc:
-        raise RootfsError(f"the Docker Engine is unreachable ({str(exc).splitlines()[0]}); "
-                          "a container:IMAGE rootfs is exported through it") from None
+        raise RootfsError(_unreachable(exc)) from None
+    try:
+        image_id = client.images.get(image).id
+    except derr.DockerException as exc:
+        client.close()
+        if isinstance(exc, derr.ImageNotFound):
+            raise RootfsError(f"container image {image} is not present; build or pull it first") from None
+        raise RootfsError(_unreachable(exc)) from None
     digest = image_id.split(":")[-1][:16]
     target = cache_dir("qemu", "rootfs") / f"{digest}.ext4"
     # Targets of one session start in parallel: build each image once.
@@ -83,9 +86,12 @@ def _build(client, image: str, image_id: str, target: Path, labels: dict[str, st
         _run(["mkfs.ext4", "-q", "-F", "-i", "8192", "-L", "portability-root", "-d", str(tree),
               str(tmp_image), f"{size_mib}M"], f"writing the ext4 image of {image}")
         tmp_image.replace(target)
-        _prune(target.parent, keep=_KEPT)
+        prune(target.parent, "*.ext4", keep=_KEPT)
     except derr.DockerException as exc:
         raise RootfsError(f"exporting {image} failed: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:  # a full or unwritable cache
+        raise RootfsError(f"writing the disk image of {image} under {target.parent} failed: "
+                          f"{exc.strerror or exc}") from None
     finally:
         if container_id is not None:
             try:
@@ -102,10 +108,23 @@ def _build(client, image: str, image_id: str, target: Path, labels: dict[str, st
 _KEPT = 8
 
 
-def _prune(directory: Path, keep: int) -> None:
-    images = sorted(directory.glob("*.ext4"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in images[keep:]:
+def prune(directory: Path, pattern: str, keep: int) -> None:
+    """Keep the ``keep`` most recently modified files matching ``pattern`` (cached images, states)."""
+    files = sorted(directory.glob(pattern), key=_mtime, reverse=True)
+    for old in files[keep:]:
         old.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile by another session's prune
+        return 0.0
+
+
+def _unreachable(exc: Exception) -> str:
+    return (f"the Docker Engine is unreachable ({str(exc).splitlines()[0]}); "
+            "a container:IMAGE rootfs is exported through it")
 
 
 def _tree_mib(tree: Path) -> int:

@@ -22,7 +22,6 @@ import shlex
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import tempfile
 import threading
@@ -33,6 +32,9 @@ from typing import Literal, Mapping
 
 from portability.agent.channel import AgentChannel, ChannelClosed, SocketStream
 from portability.errors import TargetLost, TargetUnavailable
+from portability.paths import cache_dir
+from portability.session import OWNER_LABEL
+from portability.qemu.rootfs import prune
 from portability.targets import archive
 from portability.targets.base import Command, Result, Spec, Target
 
@@ -175,8 +177,7 @@ class QemuTarget(Target):
             raise TargetUnavailable(self.name, str(exc)) from None
         self.accel = self._accel(qemu)
         self._dir = Path(tempfile.mkdtemp(prefix=f"portability-{_safe(self.session)}-q-"))
-        (self._dir / "owner").write_text(f"{self.labels.get('io.portability.owner', '')}\n"
-                                         f"{self.name}\n")
+        (self._dir / "owner").write_text(f"{self.labels[OWNER_LABEL]}\n{self.name}\n")
         self._spawn_watchdog()
         argv = self.qemu_argv(qemu, kernel.image, initrd, mode, image)
         state = self._snapshot_path(argv, [kernel.image, initrd, image]) if self.spec.snapshot else None
@@ -264,7 +265,7 @@ class QemuTarget(Target):
         for path in [Path(argv[0]).resolve(), *[f for f in files if f is not None]]:
             st = Path(path).stat()
             digest.update(f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
-        return cache_dir_qemu("snapshots") / f"{digest.hexdigest()[:24]}.state"
+        return cache_dir("qemu", "snapshots") / f"{digest.hexdigest()[:24]}.state"
 
     def _save_snapshot(self, state: Path) -> None:
         """Live-migrate the freshly booted VM into ``state`` (the VM then carries on).
@@ -285,7 +286,7 @@ class QemuTarget(Target):
                     qmp.call("cont")
             if status == "completed" and tmp.is_file():
                 tmp.replace(state)
-                _prune(state.parent, keep=_SNAPSHOTS_KEPT)
+                prune(state.parent, "*.state", keep=_SNAPSHOTS_KEPT)
         except (OSError, ValueError, RuntimeError):
             pass
         finally:
@@ -379,6 +380,9 @@ class QemuTarget(Target):
             self._watchdog = subprocess.Popen(["/bin/sh", str(_WATCHDOG), str(self._dir)],
                                               stdin=read_end, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            os.close(write_end)
+            raise TargetUnavailable(self.name, f"cannot start the VM's watchdog: {exc}") from None
         finally:
             os.close(read_end)
         self._watch_pipe = write_end
@@ -399,31 +403,24 @@ class QemuTarget(Target):
                 if time.monotonic() > deadline:
                     raise self._boot_failure("QEMU did not open the agent socket") from None
                 time.sleep(0.01)
-        stream = SocketStream(sock)
-        # Queued in QEMU until the guest opens the port: no polling of the guest needed.
-        stream.send(b"P" + struct.pack("<I", 0))
-        while True:
-            ready, _, _ = select.select([sock], [], [], 0.05)
-            if ready:
-                break
-            self._check_alive("the VM stopped during boot")
-            if time.monotonic() > deadline:
-                raise self._boot_failure(f"the VM did not answer within {timeout:g} s")
+        # QEMU queues the ping until the guest's agent opens the port, so its answer is the
+        # first sign of life: no polling of the guest. A QEMU that exits closes the socket.
+        channel = AgentChannel(SocketStream(sock))
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
-            kind, length = struct.unpack("<cI", stream.recv_exact(5))
-            payload = stream.recv_exact(length)
-        except (ChannelClosed, OSError):
-            if self._proc is not None:
-                try:
-                    self._proc.wait(2.0)
-                except subprocess.TimeoutExpired:
-                    pass
+            banner = channel.ping()
+        except ChannelClosed as exc:
+            if isinstance(exc.__cause__, TimeoutError) and self._proc.poll() is None:
+                raise self._boot_failure(f"the VM did not answer within {timeout:g} s") from None
+            try:
+                self._proc.wait(2.0)
+            except subprocess.TimeoutExpired:
+                pass
             self._check_alive("the VM stopped during boot")
             raise self._boot_failure("the VM's port closed during boot") from None
-        if kind != b"H":
-            raise self._boot_failure(f"unexpected {kind!r} frame from the VM's agent")
-        self._channel = AgentChannel(stream)
-        return payload.decode(errors="replace")
+        sock.settimeout(None)
+        self._channel = channel
+        return banner
 
     def _check_alive(self, what: str) -> None:
         if self._proc is not None and self._proc.poll() is not None:
@@ -615,7 +612,6 @@ _kvm_verdict: dict[str, bool] = {}
 
 def _kvm_marker() -> Path:
     from portability.facts import host_boot_id
-    from portability.paths import cache_dir
 
     return cache_dir("qemu") / f"kvm-{host_boot_id() or 'unknown'}"
 
@@ -728,18 +724,6 @@ class Qmp:
 
 #: Saved states are ~80 MB each: keep the most recently used few.
 _SNAPSHOTS_KEPT = 6
-
-
-def _prune(directory: Path, keep: int) -> None:
-    states = sorted(directory.glob("*.state"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in states[keep:]:
-        old.unlink(missing_ok=True)
-
-
-def cache_dir_qemu(*parts: str) -> Path:
-    from portability.paths import cache_dir
-
-    return cache_dir("qemu", *parts)
 
 
 # -- helpers -----------------------------------------------------------------------------
