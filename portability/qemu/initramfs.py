@@ -288,8 +288,9 @@ def build(*, mode: str, modules_root: Path | None, agent: Path, busybox: Path | 
     busybox = busybox or static_busybox()
     modules = resolve_modules(modules_root, MODE_MODULES[mode])
     init = INIT_SCRIPT.read_bytes()
+    agent_bytes = agent.read_bytes()
     digest = hashlib.sha256()
-    for part in (mode.encode(), init, agent.read_bytes(), _file_id(busybox)):
+    for part in (mode.encode(), init, agent_bytes, _file_id(busybox)):
         digest.update(hashlib.sha256(part).digest())
     for name in modules.order:
         digest.update(name.encode() + hashlib.sha256(modules.files[name]).digest())
@@ -305,7 +306,7 @@ def build(*, mode: str, modules_root: Path | None, agent: Path, busybox: Path | 
     archive.char_device("dev/console", 5, 1)
     archive.char_device("dev/null", 1, 3, 0o666)
     archive.file("init", init, 0o755)
-    archive.file("agent", agent.read_bytes(), 0o755)
+    archive.file("agent", agent_bytes, 0o755)
     archive.file("bin/busybox", busybox.read_bytes(), 0o755)
     for applet in busybox_applets(busybox):
         if applet != "busybox" and "/" not in applet:
