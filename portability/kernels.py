@@ -454,8 +454,12 @@ def _cached_vmlinux(path: Path, data: bytes) -> Path | None:
     except KernelUnavailable:
         return None  # QEMU can still boot the bzImage itself, only slower
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
-    tmp.write_bytes(elf)
-    tmp.replace(target)
+    try:
+        tmp.write_bytes(elf)
+        tmp.replace(target)
+    except OSError:  # a full or read-only cache: boot the bzImage instead
+        tmp.unlink(missing_ok=True)
+        return None
     return target
 
 
