@@ -7,6 +7,8 @@ other tests each boot what they are about. Kernels come from the cache that
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import select
 import signal
@@ -120,7 +122,7 @@ def test_put_single_file_and_get_missing(vm612, tmp_path):
     src.write_bytes(bytes(range(256)) * 4096)
     vm612.put(src, "/opt/deep/new/dir/one.bin")
     assert vm612.exec(["sha256sum", "/opt/deep/new/dir/one.bin"]).stdout.split()[0] == \
-        __import__("hashlib").sha256(src.read_bytes()).hexdigest()
+        hashlib.sha256(src.read_bytes()).hexdigest()
     with pytest.raises(FileNotFoundError):
         vm612.get("/no/such/file", tmp_path / "x")
 
@@ -196,6 +198,7 @@ def test_unreadable_root_image_is_unavailable_with_init_message(tmp_path):
 
 
 def test_unknown_kernel_series_and_missing_file_are_unavailable(tmp_path):
+    require(qemu_binary() is not None, "qemu-system-x86_64 is not installed")
     for kernel, fragment in (("4.19", "known Debian kernel series"),
                              ("kernels/vmlinuz-none", "does not exist")):
         target = QemuTarget(QemuSpec(name="k", kernel=kernel), session="t", base_dir=tmp_path)
@@ -297,7 +300,7 @@ def test_plugin_matrix_splits_along_the_kernel(tmp_path):
     assert proc.returncode == 1, out + proc.stderr
     assert "test_fchmodat2[local] PASSED" in out, out
     assert "test_fchmodat2[kernel-5.10] FAILED" in out, out
-    report = __import__("json").loads((tmp_path / "report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())
     vm_facts = report["targets"]["kernel-5.10"]["facts"]
     assert vm_facts["kernel_release"].startswith("5.10.") and vm_facts["shares_host_kernel"] is False
     (test,) = report["tests"]
