@@ -63,9 +63,13 @@ class Qga:
 
     def __init__(self, path: Path):
         self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(str(path))
-        self.file = self.sock.makefile("rb")
-        self.call("guest-sync", {"id": 4242})
+        try:
+            self.sock.connect(str(path))
+            self.file = self.sock.makefile("rb")
+            self.call("guest-sync", {"id": 4242})
+        except BaseException:
+            self.sock.close()
+            raise
 
     def call(self, execute: str, arguments: dict | None = None):
         message = {"execute": execute}
@@ -261,7 +265,12 @@ def main() -> int:
         for kernel in args.kernels:
             snap = bench_snapshot(kernel, args)
             snapshots.append(snap)
-            print(f"{kernel:5} snapshot: cold boot + save {snap['cold_and_save_s']:.2f} s, "
+            if snap["restore_s"] is None:
+                print(f"{kernel:5} snapshot: no start was restored from the saved state")
+                continue
+            cold = snap["cold_and_save_s"]
+            cold_text = f"{cold:.2f} s" if cold is not None else "- (state saved by an earlier run)"
+            print(f"{kernel:5} snapshot: cold boot + save {cold_text}, "
                   f"restore to first command {snap['restore_s']:.2f} s "
                   f"(max {snap['restore_max_s']:.2f}; goal <= 0.5 s)")
             sys.stdout.flush()
