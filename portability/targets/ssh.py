@@ -790,7 +790,6 @@ def resolve_endpoint(host: str, config, *, user: str | None, port: int | None,
         host, _, text = host.partition(":")
         port = int(text) if text.isdigit() else None
     found = config.lookup(host) if config is not None else {}
-    keys: list[str] = []
     if identity_file:
         path = Path(identity_file).expanduser()
         keys = [str(path if path.is_absolute() or base_dir is None else base_dir / path)]
@@ -805,8 +804,8 @@ def resolve_endpoint(host: str, config, *, user: str | None, port: int | None,
         key_files=keys,
         proxy_jump=[] if not jump or jump == "none" else [h.strip() for h in jump.split(",")],
         proxy_command=None if found.get("proxycommand") in (None, "none") else found["proxycommand"],
-        known_hosts=(found.get("userknownhostsfile") or "").split()[0] or None
-        if found.get("userknownhostsfile") else None,
+        # OpenSSH allows several files here; the first is the one keys are checked against.
+        known_hosts=next(iter(found.get("userknownhostsfile", "").split()), None),
     )
 
 

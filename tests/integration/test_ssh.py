@@ -226,9 +226,10 @@ def test_password_from_environment_never_leaks(started, tmp_path, monkeypatch):
     require(subprocess.run(["id", TEST_USER], capture_output=True).returncode == 0,
             f"user {TEST_USER} is missing (.ci/setup.d/60-ssh-vagrant.sh creates it)")
     password = "pw-" + secrets.token_urlsafe(12)
-    subprocess.run(["chpasswd"], input=f"{TEST_USER}:{password}", text=True, check=True)
-    server = SshServer.start(password_auth=True, users=())
+    server = None
     try:
+        subprocess.run(["chpasswd"], input=f"{TEST_USER}:{password}", text=True, check=True)
+        server = SshServer.start(password_auth=True, users=())
         monkeypatch.setenv("PORTABILITY_TEST_SSH_PASSWORD", password)
         spec = SshSpec(name="pw", host="127.0.0.1", port=server.port, user=TEST_USER,
                        password_env="PORTABILITY_TEST_SSH_PASSWORD",
@@ -254,7 +255,8 @@ def test_password_from_environment_never_leaks(started, tmp_path, monkeypatch):
         unset.stop()
         assert password not in server.log()
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         # "*": no password matches, but key logins still work ("!" would lock those out too).
         subprocess.run(["usermod", "--password", "*", TEST_USER], check=True)
 
@@ -503,8 +505,9 @@ def test_noexec_home_falls_back_to_a_channel_per_command(started, tmp_path):
                               f"noexec,size=16m,mode=0755,uid={user.pw_uid},gid={user.pw_gid}",
                               "tmpfs", str(cache)], capture_output=True, text=True)
     require(mounted.returncode == 0, f"cannot mount a noexec tmpfs here ({mounted.stderr.strip()})")
-    server = SshServer.start(users=(TEST_USER,))
+    server = None
     try:
+        server = SshServer.start(users=(TEST_USER,))
         target = started(ssh_target(server, user=TEST_USER))
         assert target.exec_mode == "exec"
         assert "did not start" in target.connection.agent_problem
@@ -513,5 +516,6 @@ def test_noexec_home_falls_back_to_a_channel_per_command(started, tmp_path):
         assert target.exec(["id", "-un"]).stdout == f"{TEST_USER}\n"
         target.stop()
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         subprocess.run(["umount", str(cache)], check=True)
