@@ -211,16 +211,8 @@ class VagrantTarget(Target):
         return "\n".join(lines) + "\n"
 
     def _env(self) -> dict[str, str]:
-        env = _quiet_env(os.environ)
-        env.update({
-            "VAGRANT_DOTFILE_PATH": str(self.session_dir / ".vagrant"),
-            PORT_ENV: str(self.port),
-            PREFIX_ENV: f"portability-{self.session}-{self.name}-",
-            CONSOLE_ENV: str(self.session_dir / "console.log"),
-        })
-        if self.spec.provider:
-            env["VAGRANT_DEFAULT_PROVIDER"] = self.spec.provider
-        return env
+        return _machine_env(self.session_dir, session=self.session, target=self.name,
+                            port=self.port, provider=self.spec.provider)
 
     def _write_meta(self, root: Path) -> None:
         meta = {"session": self.session, "owner": current_owner(), "target": self.name,
@@ -371,6 +363,22 @@ def _quiet_env(base: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def _machine_env(state_dir: Path, *, session: str, target: str, port: int | None,
+                 provider: str | None) -> dict[str, str]:
+    """The environment of every vagrant call on one target's machine: its `up` and
+    `destroy`, and `portability clean`'s destroy after the session died."""
+    env = _quiet_env(os.environ)
+    env.update({
+        "VAGRANT_DOTFILE_PATH": str(state_dir / ".vagrant"),
+        PORT_ENV: str(port or 0),
+        PREFIX_ENV: f"portability-{session}-{target}-",
+        CONSOLE_ENV: str(state_dir / "console.log"),
+    })
+    if provider:
+        env["VAGRANT_DEFAULT_PROVIDER"] = provider
+    return env
+
+
 def _first_host(config_text: str) -> str | None:
     for line in config_text.splitlines():
         parts = line.split()
@@ -430,12 +438,8 @@ def clean_stale(alive: Callable[[str], bool] | None = None) -> list[str]:
         if is_alive:
             continue
         project = Path(meta.get("root") or entry)
-        env = _quiet_env(os.environ)
-        env.update({"VAGRANT_DOTFILE_PATH": str(entry / ".vagrant"),
-                    PORT_ENV: str(meta.get("port") or 0),
-                    PREFIX_ENV: f"portability-{session}-{meta.get('target')}-"})
-        if meta.get("provider"):
-            env["VAGRANT_DEFAULT_PROVIDER"] = meta["provider"]
+        env = _machine_env(entry, session=session, target=str(meta.get("target")),
+                           port=meta.get("port"), provider=meta.get("provider"))
         if (entry / ".vagrant").exists() and shutil.which("vagrant") and \
                 (project / "Vagrantfile").is_file():
             machine_env = vagrant.Vagrant(root=str(project), env=env, quiet_stdout=True,

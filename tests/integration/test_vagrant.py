@@ -15,6 +15,7 @@ import pytest
 
 from conftest import require
 from exec_contract import check_exec_contract
+from sshd_server import SshServer
 from portability import facts
 from portability.errors import TargetUnavailable
 from portability.targets.vagrant import (VagrantSpec, VagrantTarget, clean_stale,
@@ -88,9 +89,6 @@ def test_vagrant_vm_runs_commands_with_its_own_kernel_and_is_destroyed(vagrant_b
 def test_plugin_runs_suites_on_local_ssh_container_and_vagrant(vagrant_box, debian_image, tmp_path):
     """The bundled suite over all four remote-ish kinds: the matrix has a column per kind and
     the VM's older kernel shows up in the facts; nothing stays behind."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from sshd_server import SshServer
-
     server = SshServer.start()
     try:
         app = REPO / "suites" / "app"
@@ -151,6 +149,7 @@ def test_failed_up_keeps_the_vm_on_success_policy_and_clean_destroys_it(vagrant_
         removed = clean_stale(lambda s: s != session)
         assert any(f"session {session}" in line for line in removed), removed
     finally:
+        target.stop()  # idempotent; closes the SSH side if `up` unexpectedly succeeded
         clean_stale(lambda s: s != session)
     assert leftovers(session) == []
 
