@@ -304,25 +304,25 @@ class VagrantTarget(Target):
         ssh, self._ssh = self._ssh, None
         if ssh is not None:
             ssh.stop()
-        if not self._created:
-            self._remove_session_dir()
+        # Only the first stop() decides: a later one (the pool stops a target that failed to
+        # start twice) must not remove the state of a VM that was kept or not destroyed, or
+        # `portability clean` could never find that VM again.
+        session_dir, self.session_dir = self.session_dir, None
+        created, self._created = self._created, False
+        if session_dir is None:
             return
-        self._created = False
-        policy = self.spec.destroy
-        if policy == "never" or (policy == "on-success" and self.failed):
-            log.warning("%s: keeping the VM (destroy: %s); remove it with `portability clean` "
-                        "or `VAGRANT_DOTFILE_PATH=%s/.vagrant vagrant destroy -f` in %s",
-                        self.name, policy, self.session_dir, self._vagrant.root)
-            return
-        if _destroy(self._vagrant, self.spec.machine):
-            self._remove_session_dir()
-        else:
-            log.warning("%s: `vagrant destroy` failed; `portability clean` retries later "
-                        "(state in %s)", self.name, self.session_dir)
-
-    def _remove_session_dir(self) -> None:
-        if self.session_dir is not None:
-            shutil.rmtree(self.session_dir, ignore_errors=True)
+        if created:
+            policy = self.spec.destroy
+            if policy == "never" or (policy == "on-success" and self.failed):
+                log.warning("%s: keeping the VM (destroy: %s); remove it with `portability "
+                            "clean` or `VAGRANT_DOTFILE_PATH=%s/.vagrant vagrant destroy -f` in %s",
+                            self.name, policy, session_dir, self._vagrant.root)
+                return
+            if not _destroy(self._vagrant, self.spec.machine):
+                log.warning("%s: `vagrant destroy` failed; `portability clean` retries later "
+                            "(state in %s)", self.name, session_dir)
+                return
+        shutil.rmtree(session_dir, ignore_errors=True)
 
     # -- commands and files: the SSH transport -----------------------------------------------
 
