@@ -245,9 +245,7 @@ class SshConnection:
                 self._clients.append(self._open(hop_ep, sock, password=None))
                 sock = self._tunnel(self._clients[-1], next_ep)
             if sock is None and self.endpoint.proxy_command:
-                import paramiko
-
-                sock = paramiko.ProxyCommand(self.endpoint.proxy_command)
+                sock = self._proxy_command(self.endpoint)
             self._clients.append(self._open(self.endpoint, sock, password=self._password))
             self._start_agent()
         except TargetUnavailable:
@@ -257,6 +255,15 @@ class SshConnection:
             # The login worked but the server refuses sessions (e.g. MaxSessions 0).
             self.close()
             raise TargetUnavailable(self.name, f"SSH to {self.endpoint.label}: {exc}") from None
+
+    def _proxy_command(self, ep: Endpoint):
+        import paramiko
+
+        try:
+            return paramiko.ProxyCommand(ep.proxy_command)
+        except (OSError, ValueError) as exc:  # a missing program; unbalanced quotes
+            raise TargetUnavailable(self.name, f"the ProxyCommand of {ep.alias} "
+                                    f"({ep.proxy_command}) cannot run: {_first_line(exc)}") from None
 
     def _tunnel(self, hop_client, dest: Endpoint):
         try:

@@ -205,6 +205,34 @@ def test_two_jump_hosts_each_tunnel_to_the_next(started, sshd, own_sshd, tmp_pat
     assert target.exec(["echo", "through"]).stdout == "through\n"
 
 
+def proxied_target(sshd, tmp_path, command: str) -> SshTarget:
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host via-proxy\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n"
+        f"  IdentityFile {sshd.client_key}\n  UserKnownHostsFile {sshd.known_hosts}\n"
+        f"  ProxyCommand {command}\n")
+    return SshTarget(SshSpec(name="proxied", host="via-proxy", ssh_config=str(config)),
+                     session="test-ssh", base_dir=tmp_path)
+
+
+def test_proxy_command_from_ssh_config(started, sshd, tmp_path):
+    require(shutil.which("ssh") is not None, "no ssh client (apt-get install openssh-client)")
+    target = started(proxied_target(
+        sshd, tmp_path, f"ssh -i {sshd.client_key} -o UserKnownHostsFile={sshd.known_hosts} "
+                        f"-o BatchMode=yes -p {sshd.port} -W %h:%p root@127.0.0.1"))
+    import paramiko
+
+    assert isinstance(target.connection.client.get_transport().sock, paramiko.ProxyCommand)
+    assert target.exec(["echo", "proxied"]).stdout == "proxied\n"
+
+
+def test_proxy_command_that_cannot_run_is_one_line(started, sshd, tmp_path):
+    with pytest.raises(TargetUnavailable) as info:
+        started(proxied_target(sshd, tmp_path, "/nonexistent/proxy %h %p"))
+    message = str(info.value)
+    assert "proxied" in message and "/nonexistent/proxy" in message and "\n" not in message
+
+
 def test_server_refusing_sessions_is_unavailable_in_one_line(started, tmp_path):
     require(sshd_available(), "no sshd")
     # Logins succeed, but no session channel opens: neither the probe nor the agent can run.
