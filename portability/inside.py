@@ -46,6 +46,7 @@ from typing import Any
 import pytest
 
 from portability.errors import PortabilityError, TargetLost, TargetUnavailable
+from portability.inside_remote import IDS_ENV, RESULTS_ENV
 from portability.run import (EXPECTED_PROP, TARGET_PROP, TEST_PROP, is_xdist_controller,
                              item_property)
 
@@ -118,8 +119,6 @@ class _Prepared:
     python: str
     root: str
     pythonpath: list[str]
-    python_version: str
-    pytest_version: str
 
 
 @dataclass
@@ -232,9 +231,7 @@ class InsidePlugin:
             with self._lock:
                 if name in self._runs:
                     continue
-                run = self._new_run(name, [])
-                self._runs[name] = run
-            run.nodeids = [_base_id(item) for item in target_items]
+                run = self._runs[name] = self._new_run(name, [_base_id(i) for i in target_items])
             threading.Thread(target=self._launch, args=(run, target_items), daemon=True,
                              name=f"portability-inside-{name}").start()
 
@@ -337,12 +334,11 @@ class InsidePlugin:
                 pytest_version = (again.stdout.splitlines() + ["", ""])[1].strip()
         pythonpath = [root]
         if not pytest_version:
-            bundle, pytest_version = pytest_bundle(version, name)
+            bundle, _ = pytest_bundle(version, name)
             # One zip file (zipimport) instead of ~500 files: a single small transfer.
             handle.put(bundle_zip(bundle), f"{root}/site.zip")
             pythonpath.insert(0, f"{root}/site.zip")
-        return _Prepared(handle=handle, python=python, root=root, pythonpath=pythonpath,
-                         python_version=version, pytest_version=pytest_version)
+        return _Prepared(handle=handle, python=python, root=root, pythonpath=pythonpath)
 
     def _staged_project(self) -> Path:
         with self._lock:
@@ -372,7 +368,7 @@ class InsidePlugin:
             "argv": argv,
             "cwd": f"{prepared.root}/project",
             "pythonpath": prepared.pythonpath,
-            "env": {"PORTABILITY_INSIDE_RESULTS": run.results, "PORTABILITY_INSIDE_IDS": ids_path},
+            "env": {RESULTS_ENV: run.results, IDS_ENV: ids_path},
             "results": run.results,
             "log": run.log,
             "ids": run.nodeids,

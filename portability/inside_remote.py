@@ -51,7 +51,9 @@ def supervise(spec_path: str) -> int:
     except OSError:  # already a session leader (started without a shell's `&`)
         pass
     env = dict(os.environ)
-    paths = [p for p in spec.get("pythonpath", [])] + [p for p in [env.get("PYTHONPATH")] if p]
+    paths = list(spec.get("pythonpath", []))
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(spec.get("env", {}))
     results = spec["results"]
