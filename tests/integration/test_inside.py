@@ -336,10 +336,11 @@ def test_interrupt_leaves_nothing_behind(tmp_path, debian_image, docker_client):
         while not pid_file.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert pid_file.exists(), "the in-target test never started"
-        # wait until the container's in-target pytest is up as well
+        # wait until the container's in-target pytest is up as well (a container that is
+        # created but not started yet has no processes to list: top() would fail)
         while time.monotonic() < deadline and not any(
                 "-p _portability_inside" in " ".join(p)
-                for c in containers_of(docker_client, pid=proc.pid)
+                for c in containers_of(docker_client, pid=proc.pid) if c["State"] == "running"
                 for p in docker_client.api.top(c["Id"])["Processes"]):
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
