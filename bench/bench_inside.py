@@ -29,6 +29,8 @@ from pathlib import Path
 import docker
 
 TESTS = 500
+#: This run's by-hand containers (and only them) are removed at the end, on every exit path.
+LABEL = f"io.portability.session=bench-inside-{os.getpid()}"
 
 
 def write_suite(directory: Path) -> None:
@@ -64,7 +66,7 @@ def by_hand(image: str, work: Path, bundle: Path) -> list[list[str]]:
     """What a person does to run the suite inside one image: start, copy in, run, remove."""
     name = f"bench-inside-{os.getpid()}-{image.replace('/', '-').replace(':', '-')}"
     return [
-        ["docker", "run", "-d", "--name", name, "--network", "none", "--label", "bench=inside",
+        ["docker", "run", "-d", "--name", name, "--network", "none", "--label", LABEL,
          image, "sleep", "infinity"],
         ["docker", "cp", str(work / "project"), f"{name}:/project"],
         ["docker", "cp", str(bundle), f"{name}:/site"],
@@ -137,7 +139,7 @@ def main() -> int:
                     timed(p[4], work)
                 exec_only.append(total)
         finally:
-            for c in client.containers.list(all=True, filters={"label": "bench=inside"}):
+            for c in client.containers.list(all=True, filters={"label": LABEL}):
                 c.remove(force=True)
             client.close()
 
