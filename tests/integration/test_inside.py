@@ -416,6 +416,7 @@ def test_pytest_bundle_for_an_older_python(tmp_path):
     assert int(version.split(".")[0]) >= 7
     same, same_version = pytest_bundle(".".join(map(str, sys.version_info[:3])), "t")
     assert same_version == pytest.__version__
+    assert (same / "pytest" / "__init__.py").exists() and same != bundle
 
 
 def test_divergent_cells_are_rerun_inside_their_target(tmp_path, debian_image, docker_client):
