@@ -59,7 +59,7 @@ def main() -> int:
             samples.append(time.perf_counter() - t0)
         rows["portability vagrant target"] = statistics.median(samples) * 1000
         cli = []
-        env = {**os.environ, **target._env()}
+        env = target._env()  # the target's own vagrant environment (os.environ included)
         for _ in range(5):
             t0 = time.perf_counter()
             subprocess.run(["vagrant", "ssh", "-c", "true"], cwd=target.session_dir, env=env,
