@@ -370,11 +370,14 @@ class SshConnection:
         marker = f"PORTABILITY-AGENT-{secrets.token_hex(8)}"
         command = f"printf '%s\\n' {marker}; exec {'sudo -n ' if self.sudo else ''}" \
                   f"{shlex.quote(remote)} serve"
+        chan = None
         try:
             chan = self.client.get_transport().open_session(timeout=self.timeout)
             chan.settimeout(self.timeout)
             chan.exec_command(command)
         except Exception as exc:
+            if chan is not None:
+                chan.close()  # a restart keeps the connection: no half-open channel on it
             raise ChannelClosed(f"cannot open an SSH channel ({_first_line(exc)})") from exc
         stream = _ChannelStream(chan)
         agent = AgentChannel(stream)
