@@ -580,8 +580,8 @@ class InsidePlugin:
         if times <= 0 or session.shouldfail or session.shouldstop or \
                 hasattr(config, "workerinput"):
             return
-        inside = {(item_property(i, TEST_PROP), item_property(i, TARGET_PROP)): i for i in session.items
-                  if i.stash.get(_INSIDE, None) is not None}
+        inside = {(item_property(i, TEST_PROP), item_property(i, TARGET_PROP)): i
+                  for i in session.items if i.stash.get(_INSIDE, None) is not None}
         if not inside:
             return
         keys = [key for key in self.run.rerun_candidates() if key in inside]
@@ -622,12 +622,15 @@ class InsidePlugin:
                 if run.prepared is None:
                     continue
                 if run.pid is not None and not run.ended:
-                    try:  # a run that already finished needs no signal (its pid may be reused)
+                    # A run that already finished needs no signal (its pid may be reused).
+                    try:
                         while self._poll(run):
                             pass
                     except Exception:  # noqa: BLE001 — best effort: the kill below is the safe side
                         pass
-                with run.lock:  # a run being started now either gets its pid first or sees _cancelled
+                # A run being started now either has its pid when we get the lock or sees
+                # _cancelled.
+                with run.lock:
                     if run.pid is not None and not run.ended:
                         pids.setdefault(run.prepared.root, []).append(run.pid)
             self._all_runs = []
