@@ -43,6 +43,23 @@ class TargetHandle:
     def spec(self):
         return self._target.spec
 
+    @property
+    def container_id(self) -> str | None:
+        """The engine's id of the container behind this target (None for other kinds)."""
+        return getattr(self._target, "container_id", None)
+
+    def fact_skip(self, node) -> tuple[str, str] | None:
+        """(marker, reason) when a fact marker of this pytest node skips it on this target."""
+        from portability.markers import FACT_MARKERS, skip_decision
+
+        markers = [(m.name, m.args, m.kwargs) for m in node.iter_markers()
+                   if m.name in FACT_MARKERS]
+        if not markers:
+            return None
+        decision = skip_decision(markers, {**self.facts.as_dict(), "kind": self.kind,
+                                           "name": self.name})
+        return None if decision is None else (decision[0], f"{decision[1]} on {self.name}")
+
     def path(self, *parts: str) -> str:
         """A path under the workdir: ``target.path("app", "cli.py")``."""
         return "/".join([self.workdir.rstrip("/"), *parts])

@@ -47,10 +47,9 @@ import pytest
 
 from portability.errors import PortabilityError, TargetLost, TargetUnavailable
 from portability.inside_remote import IDS_ENV, RESULTS_ENV
-from portability.run import (EXPECTED_PROP, TARGET_PROP, TEST_PROP, is_xdist_controller,
-                             item_property)
+from portability.run import (EXPECTED_PROP, TARGET_PARAM, TARGET_PROP, TEST_PROP,
+                             is_xdist_controller, item_property)
 
-_PARAM = "_portability_target"
 #: The directory under the target's workdir that inside mode owns (removed at the end).
 REMOTE_DIR = "portability-inside"
 REMOTE_MODULE = "_portability_inside"
@@ -194,11 +193,11 @@ class InsidePlugin:
     def pytest_collection_modifyitems(self, session, config, items) -> None:
         for item in items:
             callspec = getattr(item, "callspec", None)
-            if callspec is None or _PARAM not in callspec.params:
+            if callspec is None or TARGET_PARAM not in callspec.params:
                 continue
             if "target" in item.fixturenames:
                 continue  # a controller test that drives the target
-            item.stash[_INSIDE] = callspec.params[_PARAM]
+            item.stash[_INSIDE] = callspec.params[TARGET_PARAM]
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item, nextitem):
@@ -274,7 +273,7 @@ class InsidePlugin:
             handle = self.run.handle(run.target)
         except (TargetUnavailable, TargetLost):
             return None
-        reason = _fact_skip(item, handle)
+        reason = handle.fact_skip(item)
         if reason is None:
             return None
         props = [*item.user_properties, (EXPECTED_PROP, reason[0])]
@@ -287,7 +286,7 @@ class InsidePlugin:
             _trace(run.target, "prepared")
             # Tests skipped by fact markers never run inside.
             run.nodeids = [_base_id(i) for i in items
-                           if _fact_skip(i, run.prepared.handle) is None]
+                           if run.prepared.handle.fact_skip(i) is None]
             if run.nodeids:
                 self._start_run(run)
             else:
@@ -567,7 +566,7 @@ class InsidePlugin:
         kept = "" if self.config.getoption("portability_keep", False) else \
             "\n(the target and these files are removed at the end of the session: run with " \
             "--keep-targets to keep them)"
-        container = getattr(prepared.handle._target, "container_id", None)
+        container = prepared.handle.container_id
         if container:
             return f"docker exec -it {container[:12]} sh -c {shlex.quote(inner)}{kept}"
         return f"{inner}    # on {run.target} ({prepared.handle.kind}){kept}"
@@ -613,9 +612,9 @@ class InsidePlugin:
 
         Idempotent: called at session finish and again at unconfigure (after a usage error).
         """
-        from portability.pool import _sigint_held
+        from portability.pool import sigint_held
 
-        with _sigint_held():
+        with sigint_held():
             self._cancelled = True
             pids: dict[str, list[int]] = {}
             for run in self._all_runs:
@@ -657,20 +656,6 @@ class InsidePlugin:
 
 # -- helpers ---------------------------------------------------------------------------------
 
-
-
-def _fact_skip(item, handle) -> tuple[str, str] | None:
-    """(marker name, reason) when a fact marker skips this item on this target."""
-    from portability.markers import FACT_MARKERS, skip_decision
-
-    markers = [(m.name, m.args, m.kwargs) for m in item.iter_markers() if m.name in FACT_MARKERS]
-    if not markers:
-        return None
-    facts = {**handle.facts.as_dict(), "kind": handle.kind, "name": handle.name}
-    decision = skip_decision(markers, facts)
-    if decision is None:
-        return None
-    return decision[0], f"{decision[1]} on {handle.name}"
 
 
 def _synthetic(item, outcome: str, text: str, props: list, run, name: str) -> list:

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from portability.errors import PortabilityError, TargetLost, TargetUnavailable
-from portability.markers import FACT_MARKERS, marker_criteria, skip_decision
+from portability.markers import FACT_MARKERS, marker_criteria
 from portability.progress import ProgressLines
 from portability.run import (EXPECTED_PROP, OBSERVE_PROP, TARGET_PROP, TEST_PROP,
-                             PortabilityRun, is_xdist_controller, item_property)
+                             PortabilityRun, TARGET_PARAM, is_xdist_controller,
+                             item_property)
 
 _RUN = pytest.StashKey["PortabilityRun"]()
 _REPORT = pytest.StashKey[object]()
@@ -22,7 +23,7 @@ _GATE = pytest.StashKey[object]()
 _PROGRESS = pytest.StashKey["ProgressLines"]()
 #: Exit status when the portability gate fails (pytest itself uses 0-5).
 GATE_EXIT = 8
-_PARAM = "_portability_target"
+_PARAM = TARGET_PARAM
 
 MARKERS = (
     "targets(*names): run this test only on these targets, groups or kind:KIND terms",
@@ -301,7 +302,10 @@ def target(request, _portability_target):
         reason = None
     if reason is not None:  # outside the except block: one line, no chained traceback
         pytest.fail(reason, pytrace=False)
-    _apply_fact_markers(request, handle)
+    skip = handle.fact_skip(request.node)  # skip_on/only_on, and declared expectations
+    if skip is not None:
+        request.node.user_properties.append((EXPECTED_PROP, skip[0]))
+        pytest.skip(skip[1])
     handle.bind_observer(lambda name, value: request.node.user_properties.append(
         (OBSERVE_PROP, json.dumps([name, value], default=str))))
     return handle
@@ -317,20 +321,6 @@ class _HostFixture:
     def host(self, target):
         """testinfra's Host on the current target: existing testinfra tests run unchanged."""
         return target.host
-
-
-def _apply_fact_markers(request, handle) -> None:
-    """skip_on/only_on select targets; kernel/userland declare expected divergences."""
-    markers = [(m.name, m.args, m.kwargs) for m in request.node.iter_markers()
-               if m.name in FACT_MARKERS]
-    if not markers:
-        return
-    facts = {**handle.facts.as_dict(), "kind": handle.kind, "name": handle.name}
-    decision = skip_decision(markers, facts)
-    if decision is not None:
-        marker_name, reason = decision
-        request.node.user_properties.append((EXPECTED_PROP, marker_name))
-        pytest.skip(f"{reason} on {handle.name}")
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -146,7 +146,7 @@ class TargetPool:
                 return
             self._closed = True
             futures = list(self._futures.items())
-        with _sigint_held():
+        with sigint_held():
             for _name, future in futures:
                 future.cancel()
             self._executor.shutdown(wait=True)  # starts in flight finish, then we stop them
@@ -167,7 +167,7 @@ class TargetPool:
                 pass
 
 
-class _sigint_held:
+class sigint_held:
     """Defer Ctrl-C until teardown has finished (only possible on the main thread)."""
 
     def __enter__(self):

@@ -22,6 +22,8 @@ from portability.handle import TargetHandle
 from portability.pool import TargetPool, TargetState
 from portability.session import new_session_id
 
+#: The parameter every multi-target test is parametrized with (the target's name).
+TARGET_PARAM = "_portability_target"
 TARGET_PROP = "portability.target"
 TEST_PROP = "portability.test"
 EXPECTED_PROP = "portability.expected"
