@@ -79,7 +79,7 @@ def cmd_targets_list(args) -> int:
         if args.no_check:
             return ""
         try:
-            reason = target_class(spec.kind).check_engine(spec)
+            reason = target_class(spec.kind).check_engine(spec, config.base_dir)
         except Exception as exc:  # noqa: BLE001 — report, never crash the listing
             reason = f"{type(exc).__name__}: {exc}"
         return "ok" if reason is None else f"unavailable: {reason}"

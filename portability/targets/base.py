@@ -129,10 +129,11 @@ class Target(abc.ABC):
         self.failed = False
 
     @classmethod
-    def check_engine(cls, spec: Spec) -> str | None:
+    def check_engine(cls, spec: Spec, base_dir: Path) -> str | None:
         """Whether this kind's engine is usable for ``spec`` without starting anything.
 
         None when it looks usable, else a one-line reason (shown by `portability targets list`).
+        Relative paths of the spec are relative to ``base_dir`` (the targets file's directory).
         """
         return None
 

@@ -120,7 +120,7 @@ class ContainerTarget(Target):
     # -- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def check_engine(cls, spec: ContainerSpec) -> str | None:
+    def check_engine(cls, spec: ContainerSpec, base_dir: Path) -> str | None:
         import docker
 
         try:

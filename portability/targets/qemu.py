@@ -153,6 +153,21 @@ class QemuTarget(Target):
 
     # -- start -----------------------------------------------------------------------------
 
+    @classmethod
+    def check_engine(cls, spec: QemuSpec, base_dir: Path) -> str | None:
+        from portability import kernels
+
+        if qemu_binary() is None:
+            return "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+        name = str(spec.kernel)
+        path = Path(name).expanduser()
+        if "/" in name or name.startswith("."):
+            path = path if path.is_absolute() else base_dir / path
+            return None if path.is_file() else f"kernel file {path} does not exist"
+        if kernels.cached(name) is None:
+            return f"kernel {name} is not cached (`portability kernels fetch {name}`)"
+        return None
+
     def start(self) -> None:
         try:
             self._start()

@@ -594,12 +594,12 @@ class SshTarget(Target):
     # -- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def check_engine(cls, spec: SshSpec) -> str | None:
+    def check_engine(cls, spec: SshSpec, base_dir: Path) -> str | None:
         """Whether the server (or the first ProxyJump hop) accepts TCP; no login is tried."""
         if spec.password_env and spec.password_env not in os.environ:
             return f"environment variable {spec.password_env} (password_env) is not set"
         try:
-            config = load_ssh_config(spec.ssh_config, Path.cwd(), spec.name)
+            config = load_ssh_config(spec.ssh_config, base_dir, spec.name)
             endpoint = resolve_endpoint(spec.host or "", config, user=spec.user, port=spec.port)
             if endpoint.proxy_command:
                 return None  # reachable only through the command; nothing cheap to check

@@ -114,9 +114,11 @@ class VagrantTarget(Target):
     # -- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def check_engine(cls, spec: VagrantSpec) -> str | None:
+    def check_engine(cls, spec: VagrantSpec, base_dir: Path) -> str | None:
         if shutil.which("vagrant") is None:
             return "the vagrant command is not installed"
+        if spec.vagrantfile_dir and not (base_dir / spec.vagrantfile_dir / "Vagrantfile").exists():
+            return f"no Vagrantfile in {base_dir / spec.vagrantfile_dir}"
         if spec.box:
             try:
                 listed = subprocess.run(["vagrant", "box", "list", "--machine-readable"],

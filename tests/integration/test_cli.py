@@ -86,3 +86,15 @@ def test_clean_removes_leftovers_of_dead_runs(project, docker_client, busybox_im
     assert container_id[:12] in proc.stdout and temp_dir in proc.stdout
     assert not docker_client.api.containers(all=True, filters={"id": container_id})
     assert not Path(temp_dir).exists()
+
+
+def test_targets_list_reports_a_missing_kernel_and_vagrantfile(tmp_path):
+    (tmp_path / "targets.yaml").write_text(
+        "targets:\n"
+        "  old: {kind: qemu, kernel: 'vmlinux-missing/x'}\n"
+        "  vm: {kind: vagrant, vagrantfile_dir: nowhere}\n")
+    proc = portability(tmp_path, "targets", "list")
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
+    assert "unavailable:" in lines["old"] and "does not exist" in lines["old"]
+    assert "unavailable:" in lines["vm"] and "Vagrantfile" in lines["vm"]

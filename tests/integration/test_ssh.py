@@ -66,7 +66,7 @@ def ssh_target(server: SshServer, name: str = "s", **kwargs) -> SshTarget:
 
 
 def test_exec_contract_through_the_agent(started, sshd, tmp_path):
-    assert SshTarget.check_engine(ssh_target(sshd).spec) is None
+    assert SshTarget.check_engine(ssh_target(sshd).spec, Path.cwd()) is None
     target = started(ssh_target(sshd))
     assert target.exec_mode == "agent"
     check_exec_contract(target, tmp_path)
@@ -338,7 +338,7 @@ def test_unreachable_server_is_unavailable(tmp_path):
 
     spec = SshSpec(name="nobody", host="127.0.0.1", port=free_port(), user="root",
                    connect_timeout=3)
-    assert "cannot connect" in SshTarget.check_engine(spec)
+    assert "cannot connect" in SshTarget.check_engine(spec, Path.cwd())
     target = SshTarget(spec, session="t", base_dir=tmp_path)
     with pytest.raises(TargetUnavailable, match="cannot connect to 127.0.0.1"):
         target.start()
