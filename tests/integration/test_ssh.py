@@ -203,6 +203,10 @@ def test_two_jump_hosts_each_tunnel_to_the_next(started, sshd, own_sshd, tmp_pat
     clients = target.connection._clients
     assert len(clients) == 3 and clients[0].get_transport().getpeername()[1] == sshd.port
     assert target.exec(["echo", "through"]).stdout == "through\n"
+    workdir = target.workdir
+    # Stop while the hops still run (own_sshd is torn down before `started`): the workdir goes.
+    target.stop()
+    assert not Path(workdir).exists()
 
 
 def proxied_target(sshd, tmp_path, command: str) -> SshTarget:
