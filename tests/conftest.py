@@ -56,3 +56,18 @@ def debian_image(docker_client) -> str:
     require(images.exists(name, client=docker_client),
             f"image {name} is missing (run `portability images build {name}`)")
     return name
+
+
+@pytest.fixture
+def started():
+    """start(target) starts a target and stops it after the test, whatever happened."""
+    targets = []
+
+    def start(target):
+        targets.append(target)
+        target.start()
+        return target
+
+    yield start
+    for target in targets:
+        target.stop()

@@ -17,20 +17,6 @@ from portability.targets.local import LocalSpec, LocalTarget
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def started():
-    targets = []
-
-    def start(target):
-        targets.append(target)
-        target.start()
-        return target
-
-    yield start
-    for target in targets:
-        target.stop()
-
-
 def container(image, name="c", **kwargs):
     spec = ContainerSpec(name=name, image=image, **kwargs)
     return ContainerTarget(spec, session="test-session", base_dir=Path.cwd())

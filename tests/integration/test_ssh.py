@@ -44,20 +44,6 @@ def own_sshd():
     server.stop()
 
 
-@pytest.fixture
-def started():
-    targets = []
-
-    def start(target):
-        targets.append(target)
-        target.start()
-        return target
-
-    yield start
-    for target in targets:
-        target.stop()
-
-
 def ssh_target(server: SshServer, name: str = "s", **kwargs) -> SshTarget:
     options = dict(host="127.0.0.1", port=server.port, user="root",
                    identity_file=str(server.client_key), known_hosts=str(server.known_hosts))
